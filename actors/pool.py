@@ -1,0 +1,128 @@
+"""The pool actor: owns the ROUGE-L index, the few-shot sampler and admission to later stages.
+
+It admits a candidate only while the tasks written plus the tasks in flight are below the
+target, so the run stops with exactly the target in dataset.jsonl and no paid-for work is thrown
+away; undecided candidates wait in a bounded backlog, and when it is full the pool stops taking
+from the candidate queue, which makes the proposers wait (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from typing import Any
+
+from ray.util.queue import Empty
+
+from actors.config import Pipeline
+from actors.dedup_index import RougeIndex
+from actors.prompts import Shot, sample_shots
+from actors.stages import Outcome
+
+
+class Pool:
+    def __init__(self, cfg: Pipeline, seeds: list[dict[str, Any]], target: int,
+                 candidates: Any, accepted: Any, writer: Any) -> None:
+        d = cfg.dedup
+        self.index = RougeIndex(d.threshold, d.keep_at_threshold, d.neighbour_floor,
+                                d.max_neighbours)
+        self.human = [Shot(s["id"], s["instruction"]) for s in seeds]
+        for s in seeds:
+            self.index.add(s["id"], s["instruction"])
+        self.machine: list[Shot] = []
+        self.rng = random.Random(cfg.run.seed)
+        self.cfg = cfg
+        self.target = target
+        self.candidates, self.accepted, self.writer = candidates, accepted, writer
+        self.backlog: deque[dict[str, Any]] = deque()
+        self.backlog_cap = cfg.queues.batch_size * 4
+        self.outstanding = 0
+        self.done = 0
+        self.stopping = False
+        self.admitting = True
+        self._exited: asyncio.Event | None = None
+
+    def sample(self, n: int) -> list[list[Shot]]:
+        p = self.cfg.stages.propose
+        return [sample_shots(self.rng, self.human, self.machine, p.num_shots, p.num_machine_shots)
+                for _ in range(n)]
+
+    def settle(self, ok: int, failed: int) -> None:
+        """Later stages report finished tasks, which frees room under the target."""
+        self.outstanding -= ok + failed
+        self.done += ok
+
+    def capacity(self) -> int:
+        return self.target - self.done - self.outstanding if self.admitting else 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"pool_size": len(self.index), "machine": len(self.machine),
+                "backlog": len(self.backlog), "outstanding": self.outstanding,
+                "done": self.done, "lcs_computed": self.index.lcs_computed}
+
+    async def run(self) -> None:
+        self._exited = asyncio.Event()
+        try:
+            await self._loop()
+        finally:
+            self._exited.set()
+
+    async def _loop(self) -> None:
+        while not self.stopping:
+            # Once admission has stopped, keep emptying the queue so no proposer stays blocked.
+            if len(self.backlog) < self.backlog_cap or not self.admitting:
+                try:
+                    batch = await self.candidates.get_async(timeout=0.2)
+                    self.backlog.extend(batch)
+                except Empty:
+                    pass
+            else:
+                await asyncio.sleep(0.05)
+            await self._decide()
+
+    async def _decide(self) -> None:
+        out, forward = Outcome(), []
+        while self.backlog and self.capacity() > 0:
+            cand = self.backlog.popleft()
+            task_id = f"task_{len(self.index) - len(self.human):06d}"
+            decision = self.index.check_and_add(task_id, cand["instruction"])
+            rouge = {"max": decision.max_score,
+                     "neighbours": [{"id": nb.id, "score": nb.score}
+                                    for nb in decision.neighbours]}
+            if decision.keep:
+                self.machine.append(Shot(task_id, cand["instruction"]))
+                self.outstanding += 1
+                forward.append({**cand, "id": task_id, "rouge": rouge})
+            else:
+                out.reject("dedup", "rouge_l",
+                           f"ROUGE-L {decision.max_score:.4f} to {decision.neighbours[0].id}"
+                           if decision.neighbours else f"ROUGE-L {decision.max_score:.4f}",
+                           {**cand, "rouge": rouge})
+        out.accept("dedup", len(forward))
+        if out.rejected or forward:
+            await self.writer.write.remote(out.as_dict())
+        for i in range(0, len(forward), self.cfg.queues.batch_size):
+            await self.accepted.put_async(forward[i:i + self.cfg.queues.batch_size])
+
+    def stop_admitting(self) -> None:
+        self.admitting = False
+
+    async def finish(self) -> int:
+        """Stop; record every candidate still waiting as unprocessed, not lost."""
+        self.admitting = False
+        self.stopping = True
+        if self._exited is not None:
+            await self._exited.wait()
+        while True:
+            try:
+                self.backlog.extend(await self.candidates.get_async(timeout=0.5))
+            except Empty:
+                break
+        out = Outcome()
+        for cand in self.backlog:
+            out.reject("dedup", "unprocessed", "run stopped before the pool decided it", cand)
+        self.backlog.clear()
+        if out.rejected:
+            await self.writer.write.remote(out.as_dict())
+        return len(out.rejected)

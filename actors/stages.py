@@ -1,0 +1,173 @@
+"""The pure middle of each stage: prompt in, parsed and filtered records out.
+
+Actors call these and only move the results along queues; everything that decides what a record
+becomes lives here and is unit-tested without Ray or a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.config import Pipeline
+from actors.filters import (
+    INSTANCE_RULES,
+    INSTRUCTION_RULES,
+    Instance,
+    apply_chain,
+    build_chain,
+    filter_task_instances,
+)
+from actors.llm import Completion
+from actors.parsing import (
+    parse_classification,
+    parse_input_first,
+    parse_instructions,
+    parse_output_first,
+)
+from actors.prompts import Shot, Template, number_shots
+from actors.seeds import slug
+
+
+@dataclass
+class Outcome:
+    """What one step hands to the writer: counts of passes, rejections, responses, tasks."""
+
+    accepted: dict[str, int] = field(default_factory=dict)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    responses: list[dict[str, Any]] = field(default_factory=list)
+    dataset: list[dict[str, Any]] = field(default_factory=list)
+
+    def accept(self, stage: str, n: int = 1) -> None:
+        self.accepted[stage] = self.accepted.get(stage, 0) + n
+
+    def reject(self, stage: str, rule: str, reason: str, item: dict[str, Any]) -> None:
+        self.rejected.append({"stage": stage, "rule": rule, "reason": reason, "item": item})
+
+    def merge(self, other: Outcome) -> None:
+        for stage, n in other.accepted.items():
+            self.accept(stage, n)
+        self.rejected += other.rejected
+        self.responses += other.responses
+        self.dataset += other.dataset
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "rejected": self.rejected,
+                "responses": self.responses, "dataset": self.dataset}
+
+
+def response_record(response_id: str, stage: str, c: Completion) -> dict[str, Any]:
+    return {"id": response_id, "stage": stage, "model": c.model, "text": c.text,
+            "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "latency_s": round(c.latency_s, 4),
+            **({"error": c.error} if c.error else {})}
+
+
+class Stages:
+    """The configured stage logic: templates and filter chains built once from the config."""
+
+    def __init__(self, cfg: Pipeline, templates: dict[str, Template]) -> None:
+        self.cfg = cfg
+        self.templates = templates
+        self.instruction_chain = build_chain(
+            INSTRUCTION_RULES, cfg.filters.instruction.model_dump())
+        self.instance_chain = build_chain(INSTANCE_RULES, cfg.filters.instance.model_dump())
+
+    # -- propose ---------------------------------------------------------------------------
+    def propose_prompt(self, shots: list[Shot]) -> str | list[dict[str, str]]:
+        return self.templates["propose"].render(shots=number_shots([s.instruction for s in shots]))
+
+    def propose_outcome(
+        self, response_id: str, shots: list[Shot], c: Completion
+    ) -> tuple[list[dict[str, Any]], Outcome]:
+        """Parse one response and run the instruction filters; candidates go on to dedup."""
+        out = Outcome(responses=[response_record(response_id, "propose", c)])
+        base = {"response_id": response_id, "shots": [s.id for s in shots], "model": c.model}
+        if c.finish_reason in ("error", "cancelled"):
+            out.reject("propose", c.finish_reason, c.error or "request did not complete", base)
+            return [], out
+        parsed = parse_instructions(c.text, c.truncated, self.cfg.stages.propose.capitalize)
+        if parsed.dropped_reason:
+            reason = {"truncated": "response cut off by the length limit, dropped whole",
+                      "empty": "no instruction in the response"}[parsed.dropped_reason]
+            out.reject("propose", parsed.dropped_reason, reason, base)
+            return [], out
+        out.accept("propose")
+        candidates = []
+        for k, inst in enumerate(parsed.instructions):
+            item = {**base, "cid": f"{response_id}.{k}", "instruction": inst}
+            verdict = apply_chain(self.instruction_chain, inst)
+            if verdict.ok:
+                candidates.append(item)
+            else:
+                out.reject("filter", verdict.rule, verdict.reason, item)
+        out.accept("filter", len(candidates))
+        return candidates, out
+
+    # -- classify --------------------------------------------------------------------------
+    def classify_prompt(self, instruction: str) -> str | list[dict[str, str]]:
+        return self.templates["classify"].render(instruction=instruction)
+
+    @staticmethod
+    def classify_answer(c: Completion) -> tuple[bool, str]:
+        """'Yes' means yes; the original treats any other answer as no, and so do we."""
+        verdict = parse_classification(c.text)
+        return bool(verdict), "yes" if verdict else ("no" if verdict is False else "unclear")
+
+    # -- instances -------------------------------------------------------------------------
+    def instance_mode(self, is_classification: bool) -> str:
+        use_output_first = is_classification and not self.cfg.stages.instances.input_first_for_all
+        return "instances_output_first" if use_output_first else "instances_input_first"
+
+    def instance_prompt(self, task: dict[str, Any]) -> str | list[dict[str, str]]:
+        mode = self.instance_mode(task["is_classification"])
+        return self.templates[mode].render(instruction=task["instruction"])
+
+    def instance_outcome(self, task: dict[str, Any], response_id: str, c: Completion) -> Outcome:
+        """Parse, filter and, if anything survives, build the final seed-schema record."""
+        out = Outcome(responses=[response_record(response_id, "instances", c)])
+        mode = self.instance_mode(task["is_classification"])
+        brief = {"id": task["id"], "instruction": task["instruction"],
+                 "response_id": response_id}
+        if c.finish_reason in ("error", "cancelled"):
+            out.reject("task", c.finish_reason, c.error or "request did not complete", brief)
+            return out
+        parse = parse_output_first if mode == "instances_output_first" else parse_input_first
+        parsed = parse(c.text, c.truncated)
+        tf = self.cfg.filters.task
+        result = filter_task_instances(parsed, self.instance_chain, tf.drop_conflicting,
+                                       tf.deduplicate, tf.max_instances)
+        for inst, verdict in result.dropped:
+            out.reject("instances", verdict.rule, verdict.reason,
+                       {**brief, "input": inst.input, "output": inst.output})
+        out.accept("instances", len(result.kept))
+        if not result.task_verdict.ok:
+            out.reject("task", result.task_verdict.rule, result.task_verdict.reason, brief)
+            return out
+        out.accept("task")
+        out.dataset.append(task_record(task, result.kept, mode, response_id, c.model,
+                                       [(v.rule, v.reason) for _, v in result.dropped]))
+        return out
+
+
+def task_record(
+    task: dict[str, Any], kept: list[Instance], mode: str, response_id: str, model: str,
+    dropped: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """A dataset line: the seed-task schema, so a run can seed the next, plus provenance."""
+    return {
+        "id": task["id"],
+        "name": slug(task["instruction"]),
+        "instruction": task["instruction"],
+        "instances": [{"input": i.input, "output": i.output} for i in kept],
+        "is_classification": task["is_classification"],
+        "provenance": {
+            "shots": task["shots"],
+            "propose": {"model": task["model"], "response_id": task["response_id"]},
+            "classify": task["classify"],
+            "instances": {"model": model, "response_id": response_id,
+                          "mode": mode.removeprefix("instances_"),
+                          "dropped": [{"rule": r, "reason": why} for r, why in dropped]},
+            "rouge": task["rouge"],
+        },
+    }
