@@ -95,6 +95,8 @@ def parse_output_first(text: str, truncated: bool) -> list[Instance]:
     instances = []
     for chunk in _LABEL_MARK.split(body)[1:]:
         label, _, rest = chunk.strip().partition("\n")
+        # An "Output:" after the input is the model running on; it is not part of the input.
+        rest = _OUTPUT_MARK.split(rest, maxsplit=1)[0]
         inst_input = _INPUT_MARK.sub("", rest, count=1).strip()
         instances.append(Instance(inst_input, label.strip()))
     return _mark_last_truncated(instances, truncated)

@@ -163,7 +163,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
     deadline = started + cfg.run.max_minutes * 60 if cfg.run.max_minutes else None
     bar = tqdm(total=target, unit="task", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
     stats: dict[str, Any] = {}
     failure = ""
     try:
@@ -173,7 +173,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
             rejected = sum(s["rejected"] for s in stats["stages"].values())
             rate = stats["tasks"] / max(time.time() - started, 1e-9) * 60
             bar.set_postfix(rejected=rejected, per_min=f"{rate:.1f}", refresh=False)
-            bar.refresh()
+            bar.update(0)
             if stats["tasks"] >= target:
                 flag.reason = flag.reason or "target_reached"
             if deadline and time.time() > deadline:

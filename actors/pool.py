@@ -44,6 +44,9 @@ class Pool:
         self._exited: asyncio.Event | None = None
 
     def sample(self, n: int) -> list[list[Shot]]:
+        """Shots for n prompts, or none while the backlog already covers the free room."""
+        if self.capacity() <= len(self.backlog):
+            return []
         p = self.cfg.stages.propose
         return [sample_shots(self.rng, self.human, self.machine, p.num_shots, p.num_machine_shots)
                 for _ in range(n)]

@@ -30,8 +30,11 @@ class Proposer:
         return self.step
 
     async def _step(self) -> None:
-        self.step += 1
         shot_sets = await self.pool.sample.remote(self.conf.prompts_per_call)
+        if not shot_sets:  # the pool has enough candidates waiting for now
+            await asyncio.sleep(0.2)
+            return
+        self.step += 1
         ids = [f"p{self.index}-{self.step:06d}-{k}" for k in range(len(shot_sets))]
         completions = await asyncio.gather(*[
             self.client.complete(make_request(

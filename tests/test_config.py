@@ -1,0 +1,66 @@
+import pytest
+
+from actors.config import ConfigError, Pipeline, load_config, parse_config
+from tests.conftest import ROOT
+
+
+def test_defaults_are_the_papers_values():
+    p = Pipeline()
+    assert (p.stages.propose.temperature, p.stages.propose.top_p) == (0.7, 0.5)
+    assert p.stages.propose.max_tokens == 1024 and p.stages.propose.presence_penalty == 2.0
+    assert p.stages.propose.stop == ["\n\n", "\n16", "16.", "16 ."]
+    assert p.stages.propose.prompts_per_call == 5
+    assert (p.stages.propose.num_shots, p.stages.propose.num_machine_shots) == (8, 2)
+    assert p.stages.propose.capitalize is False
+    assert (p.stages.classify.temperature, p.stages.classify.max_tokens) == (0.0, 3)
+    assert (p.stages.instances.temperature, p.stages.instances.presence_penalty) == (0.0, 1.5)
+    assert p.dedup.threshold == 0.7 and p.dedup.keep_at_threshold is False
+    assert p.filters.instruction.word_count.min_words == 4
+    assert p.filters.instruction.word_count.max_words == 150
+    assert p.filters.task.max_instances == 5
+
+
+def test_shipped_pipeline_yaml_is_valid_and_matches_defaults():
+    cfg = load_config(ROOT / "pipeline.yaml")
+    assert cfg.stages == Pipeline().stages
+    assert cfg.filters == Pipeline().filters
+    assert cfg.dedup == Pipeline().dedup
+
+
+def _write(tmp_path, text):
+    (tmp_path / "prompts").mkdir(exist_ok=True)
+    (tmp_path / "s.jsonl").write_text("{}")
+    path = tmp_path / "p.yaml"
+    path.write_text("seeds: [s.jsonl]\n" + text)
+    return path
+
+
+@pytest.mark.parametrize("text,message", [
+    ("stages:\n  propose:\n    temprature: 0.5\n", "stages.propose.temprature: unknown key"),
+    ("dedup:\n  threshold: high\n", "dedup.threshold: Input should be a valid number"),
+    ("stages:\n  classify:\n    model: gpt\n", "stages.classify.model: 'gpt' is not defined"),
+    ("stages:\n  propose:\n    temperature: 3\n", "temperature must be between"),
+    ("filters:\n  instruction:\n    word_count: {min: 3}\n",
+     "filters.instruction.word_count.min: unknown key"),
+    ("run:\n  target: 0\n", "run.target"),
+    ("models:\n  local:\n    path: nowhere.gguf\n", "models.local.path: GGUF file not found"),
+])
+def test_errors_name_the_key_path(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = _write(tmp_path, "run:\n  target: [1,\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml:\d+:\d+: invalid YAML"):
+        load_config(path)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="seeds.0: file not found"):
+        parse_config({"seeds": ["nope.jsonl"]}, "x.yaml", tmp_path)
