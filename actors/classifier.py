@@ -37,7 +37,7 @@ class Classifier:
                 self.stages.classify_prompt(task["instruction"]), self.conf, seed=0))
             for task in batch])
         out, labelled = Outcome(), []
-        for task, c in zip(batch, completions):
+        for task, c in zip(batch, completions, strict=True):
             rid = f"c-{task['id']}"
             out.responses.append(response_record(rid, "classify", c))
             is_cls, answer = self.stages.classify_answer(c)

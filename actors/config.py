@@ -30,6 +30,7 @@ class LocalModel(Strict):
     replicas: int | None = Field(None, ge=1, description="null: one per CPU core")
     threads: int = Field(1, ge=1)
     n_ctx: int = Field(2048, ge=256)
+    cache_mb: int = Field(1024, ge=0, description="RAM prefix cache per instance; 0: off")
     name: str = Field("SmolLM2-135M-Instruct-Q4_1", description="model name in provenance")
 
 

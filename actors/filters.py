@@ -1,4 +1,4 @@
-"""Filters as named rules: each returns a verdict and a reason, configured in YAML, counted in run.json.
+"""Filters as named rules: each gives a verdict and a reason, set in YAML, counted in run.json.
 
 Instruction rules see one instruction; instance rules see one generated instance; task rules see
 all instances of a task at once (conflicting outputs drop the task, duplicates are removed, a

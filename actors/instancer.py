@@ -37,7 +37,7 @@ class Instancer:
                                               seed=0))
             for task in batch])
         out = Outcome()
-        for task, c in zip(batch, completions):
+        for task, c in zip(batch, completions, strict=True):
             out.merge(self.stages.instance_outcome(task, f"i-{task['id']}", c))
         await self.writer.write.remote(out.as_dict())
         ok = len(out.dataset)

@@ -80,12 +80,16 @@ class LocalModelWorker:
     """
 
     def __init__(self, conf: LocalModel) -> None:
-        from llama_cpp import Llama
+        from llama_cpp import Llama, LlamaRAMCache
 
         self.name = conf.name
         path = conf.path or default_gguf()
         self.llm = Llama(model_path=path, n_ctx=conf.n_ctx, n_threads=conf.threads,
                          n_threads_batch=conf.threads, verbose=False, seed=0)
+        if conf.cache_mb:
+            # The few-shot prefixes are long and fixed; reading them again costs ~8 s a call on
+            # one thread, restoring their saved state well under one (benchmarks/README.md).
+            self.llm.set_cache(LlamaRAMCache(capacity_bytes=conf.cache_mb << 20))
         self._heap: list[tuple[int, int, Request, asyncio.Future]] = []
         self._seq = 0
         self._wake: asyncio.Event | None = None

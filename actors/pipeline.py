@@ -97,6 +97,15 @@ def flow_checks(stages: dict[str, dict[str, Any]]) -> dict[str, bool]:
     }
 
 
+def acceptance(stages: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Accepted over decided, per stage; work left unprocessed at the stop was never decided."""
+    out: dict[str, float | None] = {}
+    for name, s in stages.items():
+        decided = s["in"] - s["reasons"].get("unprocessed", 0)
+        out[name] = round(s["accepted"] / decided, 4) if decided else None
+    return out
+
+
 class _StopFlag:
     """SIGINT/SIGTERM ask for a graceful stop; a second signal exits at once."""
 
@@ -211,8 +220,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
         "timings": {"started": started, "ended": ended, "wall_s": round(ended - started, 3),
                     "tasks_per_min": round(stats["tasks"] / max(ended - started, 1e-9) * 60, 3)},
         "counts": {k: stats["stages"][k] for k in STAGE_ORDER if k in stats["stages"]},
-        "acceptance": {k: round(v["accepted"] / v["in"], 4) if v["in"] else None
-                       for k, v in stats["stages"].items()},
+        "acceptance": acceptance(stats["stages"]),
         "checks": flow_checks(stats["stages"]),
         "usage": stats["usage"],
         "pool": pool_stats,

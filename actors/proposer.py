@@ -42,7 +42,7 @@ class Proposer:
                 seed=hash((self.seed, self.index, self.step, k)) & 0x7FFFFFFF))
             for k, shots in enumerate(shot_sets)])
         out, candidates = Outcome(), []
-        for rid, shots, c in zip(ids, shot_sets, completions):
+        for rid, shots, c in zip(ids, shot_sets, completions, strict=True):
             cands, o = self.stages.propose_outcome(rid, shots, c)
             candidates += cands
             out.merge(o)

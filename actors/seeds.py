@@ -1,4 +1,4 @@
-"""Seed tasks in the seed-task schema: the project's, the paper's file unchanged, or a run's dataset.
+"""Seed tasks in the seed-task schema: the project's, the paper's file, or a run's dataset.
 
 A malformed line is an error naming the file and the line, so a bad seed file fails before a
 run starts instead of silently shrinking the human pool.
