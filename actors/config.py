@@ -44,7 +44,6 @@ class Decoding(Strict):
     frequency_penalty: float = 0.0
     stop: list[str] = Field(default_factory=list)
     max_in_flight: int = Field(16, ge=1, description="requests this stage keeps in flight")
-    parse_retries: int = Field(1, ge=0, description="re-asks when a response is unusable")
 
     @model_validator(mode="after")
     def _ranges(self) -> Decoding:
