@@ -1,0 +1,85 @@
+from actors.config import Pipeline
+from actors.llm import Completion
+from actors.pipeline import acceptance, flow_checks
+from actors.prompts import Shot, load_template
+from actors.stages import Stages
+from tests.conftest import ROOT
+
+SHOTS = [Shot(f"seed_task_{i}", f"Seed instruction number {i}.") for i in range(8)]
+
+
+def stages(**modes):
+    cfg = Pipeline()
+    names = {"propose": "propose", "classify": "classify",
+             "instances_input_first": "instances", "instances_output_first": "instances"}
+    templates = {n: load_template(ROOT / "prompts", n, modes.get(s, "completion"))
+                 for n, s in names.items()}
+    return Stages(cfg, templates)
+
+
+def test_propose_prompt_is_the_papers():
+    prompt = stages().propose_prompt(SHOTS)
+    assert prompt.startswith("Come up with a series of tasks:\n1. Seed instruction number 0.\n")
+    assert prompt.endswith("8. Seed instruction number 7.\n9.")
+
+
+def test_propose_outcome_filters_and_counts():
+    text = (" Explain how rainbows form in the sky.\n10. Describe the image above.\n"
+            "11. Too short.\n12. Give three tips for saving money on groceries.")
+    cands, out = stages().propose_outcome("p0-1-0", SHOTS, Completion(text, "stop", "m"))
+    assert [c["instruction"] for c in cands] == [
+        "Explain how rainbows form in the sky.", "Give three tips for saving money on groceries."]
+    assert cands[0]["shots"] == [s.id for s in SHOTS] and cands[0]["response_id"] == "p0-1-0"
+    assert sorted(r["rule"] for r in out.rejected) == ["keywords", "word_count"]
+    assert out.accepted == {"propose": 1, "filter": 2}
+    assert out.responses[0]["id"] == "p0-1-0"
+
+
+def test_truncated_and_cancelled_responses_are_rejections():
+    _, out = stages().propose_outcome("r", SHOTS, Completion(" A task here now.", "length", "m"))
+    assert out.rejected[0]["stage"] == "propose" and out.rejected[0]["rule"] == "truncated"
+    _, out = stages().propose_outcome("r", SHOTS, Completion("", "cancelled", "m"))
+    assert out.rejected[0]["rule"] == "cancelled"
+
+
+def _task(is_cls):
+    return {"id": "task_000001", "instruction": "Decide if the review is positive.",
+            "shots": ["a"], "model": "m", "response_id": "r", "is_classification": is_cls,
+            "classify": {"answer": "yes"}, "rouge": {"max": 0.2, "neighbours": []}}
+
+
+def test_instance_outcome_builds_the_seed_schema_record():
+    text = "Class label: Positive\nInput: Great food.\nClass label: Negative\nInput: Cold soup."
+    out = stages().instance_outcome(_task(True), "i-1", Completion(text, "stop", "m"))
+    assert out.accepted == {"instances": 2, "task": 1}
+    rec = out.dataset[0]
+    assert rec["instances"] == [{"input": "Great food.", "output": "Positive"},
+                                {"input": "Cold soup.", "output": "Negative"}]
+    assert rec["provenance"]["instances"]["mode"] == "output_first"
+    assert set(rec) == {"id", "name", "instruction", "instances", "is_classification",
+                        "provenance"}
+
+
+def test_instance_outcome_rejects_a_task_with_nothing_left():
+    out = stages().instance_outcome(_task(False), "i-1",
+                                    Completion("Input: same\nOutput: same", "stop", "m"))
+    assert out.dataset == []
+    assert [r["stage"] for r in out.rejected] == ["instances", "task"]
+
+
+def test_chat_forms_render_messages():
+    s = stages(classify="chat", instances="chat")
+    msgs = s.classify_prompt("Is it spam?")
+    assert msgs[-1] == {"role": "user", "content": "Task: Is it spam?\nIs it classification?"}
+    assert s.instance_prompt(_task(True))[-1]["content"].startswith("Task: Decide")
+
+
+def test_flow_checks_and_acceptance():
+    st = {"filter": {"in": 10, "accepted": 8, "rejected": 2, "reasons": {}},
+          "dedup": {"in": 8, "accepted": 3, "rejected": 5, "reasons": {"unprocessed": 2}},
+          "classify": {"in": 3, "accepted": 3, "rejected": 0, "reasons": {}},
+          "task": {"in": 3, "accepted": 2, "rejected": 1, "reasons": {}}}
+    assert all(flow_checks(st).values())
+    assert acceptance(st)["dedup"] == 0.5
+    st["classify"]["in"] = 4
+    assert not flow_checks(st)["dedup_accepted_equals_classify_in"]
