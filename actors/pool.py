@@ -39,6 +39,7 @@ class Pool:
         self.backlog_cap = cfg.queues.batch_size * 4
         self.outstanding = 0
         self.done = 0
+        self.decided = 0
         self.stopping = False
         self.admitting = True
         self._exited: asyncio.Event | None = None
@@ -86,22 +87,28 @@ class Pool:
 
     async def _decide(self) -> None:
         out, forward = Outcome(), []
-        while self.backlog and self.capacity() > 0:
-            cand = self.backlog.popleft()
-            task_id = f"task_{len(self.index) - len(self.human):06d}"
-            decision = self.index.check_and_add(task_id, cand["instruction"])
-            rouge = {"max": decision.max_score,
-                     "neighbours": [{"id": nb.id, "score": nb.score}
-                                    for nb in decision.neighbours]}
-            if decision.keep:
-                self.machine.append(Shot(task_id, cand["instruction"]))
-                self.outstanding += 1
-                forward.append({**cand, "id": task_id, "rouge": rouge})
-            else:
-                out.reject("dedup", "rouge_l",
-                           f"ROUGE-L {decision.max_score:.4f} to {decision.neighbours[0].id}"
-                           if decision.neighbours else f"ROUGE-L {decision.max_score:.4f}",
-                           {**cand, "rouge": rouge})
+        take = min(len(self.backlog), max(self.capacity(), 0))
+        if take:
+            cands = [self.backlog.popleft() for _ in range(take)]
+            # Every decided candidate gets the next number; kept ones keep it as their task id,
+            # so ids follow acceptance order (with gaps where candidates were rejected).
+            ids = [f"task_{self.decided + k:06d}" for k in range(take)]
+            self.decided += take
+            decisions = self.index.check_batch(list(zip(ids, [c["instruction"] for c in cands],
+                                                        strict=True)))
+            for task_id, cand, decision in zip(ids, cands, decisions, strict=True):
+                rouge = {"max": decision.max_score, "max_exact": decision.max_exact,
+                         "neighbours": [{"id": nb.id, "score": nb.score}
+                                        for nb in decision.neighbours]}
+                if decision.keep:
+                    self.machine.append(Shot(task_id, cand["instruction"]))
+                    self.outstanding += 1
+                    forward.append({**cand, "id": task_id, "rouge": rouge})
+                else:
+                    top = decision.neighbours[0].id if decision.neighbours else "the pool"
+                    out.reject("dedup", "rouge_l",
+                               f"ROUGE-L {decision.max_score:.4f} to {top}",
+                               {**cand, "rouge": rouge})
         out.accept("dedup", len(forward))
         if out.rejected or forward:
             await self.writer.write.remote(out.as_dict())
