@@ -175,9 +175,15 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
     stats: dict[str, Any] = {}
     failure = ""
+    next_log = time.time()
     try:
         while True:
             stats = ray.get(writer.stats.remote())
+            if time.time() >= next_log:
+                next_log += 10
+                log.info("progress", tasks=stats["tasks"], target=target,
+                         **{f"{k}_accepted": v["accepted"] for k, v in stats["stages"].items()},
+                         **{f"{k}_rejected": v["rejected"] for k, v in stats["stages"].items()})
             bar.n = stats["tasks"]
             rejected = sum(s["rejected"] for s in stats["stages"].values())
             rate = stats["tasks"] / max(time.time() - started, 1e-9) * 60

@@ -63,7 +63,8 @@ class Pool:
     def stats(self) -> dict[str, Any]:
         return {"pool_size": len(self.index), "machine": len(self.machine),
                 "backlog": len(self.backlog), "outstanding": self.outstanding,
-                "done": self.done, "lcs_computed": self.index.lcs_computed}
+                "done": self.done, "lcs_computed": self.index.lcs_computed,
+                "index_mb": round(self.index.memory_bytes() / 2**20, 2)}
 
     async def run(self) -> None:
         self._exited = asyncio.Event()
