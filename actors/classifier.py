@@ -5,33 +5,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ray.util.queue import Empty
-
+from actors.consumer import QueueConsumer
 from actors.llm import LLMClient, make_request
 from actors.stages import Outcome, Stages, response_record
 
 
-class Classifier:
+class Classifier(QueueConsumer):
     def __init__(self, stages: Stages, replicas: list[Any], accepted: Any, classified: Any,
                  writer: Any) -> None:
+        super().__init__(accepted)
         self.stages = stages
         self.conf = stages.cfg.stages.classify
         self.client = LLMClient(replicas, self.conf.max_in_flight, stage="classify")
-        self.accepted, self.classified, self.writer = accepted, classified, writer
-        self.stopping = False
+        self.classified, self.writer = classified, writer
 
-    def stop(self) -> None:
-        self.stopping = True
-
-    async def run(self) -> None:
-        while not self.stopping:
-            try:
-                batch = await self.accepted.get_async(timeout=0.2)
-            except Empty:
-                continue
-            await self._handle(batch)
-
-    async def _handle(self, batch: list[dict[str, Any]]) -> None:
+    async def handle(self, batch: list[dict[str, Any]]) -> None:
         completions = await asyncio.gather(*[
             self.client.complete(make_request(
                 self.stages.classify_prompt(task["instruction"]), self.conf, seed=0))

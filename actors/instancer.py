@@ -5,33 +5,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ray.util.queue import Empty
-
+from actors.consumer import QueueConsumer
 from actors.llm import LLMClient, make_request
 from actors.stages import Outcome, Stages
 
 
-class Instancer:
+class Instancer(QueueConsumer):
     def __init__(self, stages: Stages, replicas: list[Any], classified: Any, pool: Any,
                  writer: Any) -> None:
+        super().__init__(classified)
         self.stages = stages
         self.conf = stages.cfg.stages.instances
         self.client = LLMClient(replicas, self.conf.max_in_flight, stage="instances")
-        self.classified, self.pool, self.writer = classified, pool, writer
-        self.stopping = False
+        self.pool, self.writer = pool, writer
 
-    def stop(self) -> None:
-        self.stopping = True
-
-    async def run(self) -> None:
-        while not self.stopping:
-            try:
-                batch = await self.classified.get_async(timeout=0.2)
-            except Empty:
-                continue
-            await self._handle(batch)
-
-    async def _handle(self, batch: list[dict[str, Any]]) -> None:
+    async def handle(self, batch: list[dict[str, Any]]) -> None:
         completions = await asyncio.gather(*[
             self.client.complete(make_request(self.stages.instance_prompt(task), self.conf,
                                               seed=0))
