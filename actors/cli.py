@@ -1,4 +1,4 @@
-"""`selfinstruct` (also `python -m actors`): run, validate."""
+"""`selfinstruct` (also `python -m actors`): run, validate, dedup, report, sample, export."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from actors.config import ConfigError, load_config
 from actors.dedup import DedupInputError
+from actors.export import ExportError
 from actors.prompts import TemplateError
 from actors.seeds import SeedError
 
@@ -94,6 +95,69 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks_of(path: str) -> list:
+    from pathlib import Path
+
+    from actors.analysis import load_source
+
+    source = load_source(path)
+    if not source.tasks:
+        where = Path(path) / "dataset.jsonl" if Path(path).is_dir() else path
+        raise SeedError(f"{where}: no tasks to use")
+    return source.tasks
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from actors.report import summary_rows, write_report
+
+    data = write_report(args.path, args.out, args.seeds)
+    width = max(len(k) for k, _ in summary_rows(data))
+    print(f"report for {data['source']}")
+    for key, value in summary_rows(data):
+        print(f"  {key:<{width}}  {value}")
+    print(f"written: {data['report_dir']}/index.html ({len(data['figures'])} figures)")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actors.quality import draw_sample, grade_percentages, judge_rows
+
+    rows = draw_sample(_tasks_of(args.path), args.n, args.seed)
+    if args.judge:
+        from actors.llm import LocalModelWorker, make_request
+
+        cfg = load_config(args.config)
+        if args.judge not in cfg.models:
+            raise ConfigError(f"{args.config}: --judge {args.judge!r} is not under 'models'")
+        worker = LocalModelWorker(cfg.models[args.judge])
+        dec = cfg.stages.classify.model_copy(update={"max_tokens": 40, "mode": "chat"})
+        rows = judge_rows(rows, lambda msgs: worker._run(make_request(msgs, dec, 0)).text,
+                          cfg.models[args.judge].name)
+    base = Path(args.path)
+    out = Path(args.out) if args.out else (base / "quality_sample.jsonl" if base.is_dir()
+                                           else base.with_name(base.stem + "_quality.jsonl"))
+    with out.open("w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    print(json.dumps({"sampled": len(rows), "out": str(out),
+                      "grades": grade_percentages(rows) or "fill 'grades' in the file"},
+                     indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actors.export import export
+
+    templates = args.templates or str(Path(__file__).resolve().parent.parent / "prompts" /
+                                      "finetune_templates.yaml")
+    print(json.dumps(export(_tasks_of(args.path), args.format, args.out, args.val_fraction,
+                            args.seed, templates), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfinstruct", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--rejected", help="also write dropped records with their scores here")
     dd.add_argument("--batch-size", type=int, default=256)
     dd.set_defaults(func=_cmd_dedup)
+
+    rep = sub.add_parser("report", help="the paper's analyses as PNGs and an index.html")
+    rep.add_argument("path", help="a run directory, or any seed-schema JSONL file")
+    rep.add_argument("--out", help="folder for the report (default RUN_DIR/report)")
+    rep.add_argument("--seeds", action="append",
+                     help="seed file(s) for novelty (default: the run's seeds)")
+    rep.set_defaults(func=_cmd_report)
+
+    smp = sub.add_parser("sample", help="draw the paper's quality sample to grade")
+    smp.add_argument("path", help="a run directory, or any seed-schema JSONL file")
+    smp.add_argument("--n", type=int, default=200)
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--out", help="default RUN_DIR/quality_sample.jsonl")
+    smp.add_argument("--judge", help="a model named under 'models' in --config fills grades")
+    smp.add_argument("--config", default="pipeline.yaml")
+    smp.set_defaults(func=_cmd_sample)
+
+    exp = sub.add_parser("export", help="fine-tuning files from a run or a seed file")
+    exp.add_argument("path", help="a run directory, or any seed-schema JSONL file")
+    exp.add_argument("--format", required=True,
+                     choices=["alpaca", "openai-chat", "sharegpt", "prompt-completion", "hf"])
+    exp.add_argument("--out", required=True, help="output folder")
+    exp.add_argument("--val-fraction", type=float, default=0.05)
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--templates", help="prompt-completion templates (YAML)")
+    exp.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -135,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ConfigError, SeedError, TemplateError, DedupInputError) as exc:
+    except (ConfigError, SeedError, TemplateError, DedupInputError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

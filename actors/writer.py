@@ -50,7 +50,9 @@ class Writer:
             self.rejection_seq += 1
             rec = {"id": f"rej_{self.rejection_seq:07d}", **rec, "time": round(time.time(), 3)}
             self.files["rejected"].write(json.dumps(rec, ensure_ascii=False) + "\n")
+        now = round(time.time(), 3)
         for rec in batch.get("responses", []):
+            rec = {**rec, "written_at": now}
             u = self.usage.setdefault(f"{rec['stage']}:{rec['model']}",
                                       {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
             u["requests"] += 1
@@ -58,6 +60,7 @@ class Writer:
             u["completion_tokens"] += rec.get("completion_tokens", 0)
             self.files["responses"].write(json.dumps(rec, ensure_ascii=False) + "\n")
         for rec in batch.get("dataset", []):
+            rec = {**rec, "provenance": {**rec.get("provenance", {}), "written_at": now}}
             self.tasks += 1
             self.files["dataset"].write(json.dumps(rec, ensure_ascii=False) + "\n")
         for fh in self.files.values():
