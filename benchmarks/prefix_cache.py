@@ -51,7 +51,7 @@ def main() -> None:
         results[cache_mb] = wall
         print(f"cache_mb={cache_mb:5d} calls={len(lat)} wall_s={wall:.2f} "
               f"median_call_s={statistics.median(lat):.3f}")
-    print(f"speed-up with cache: {results[0] / results[1]:.1f}x")
+    print(f"speed-up with cache: {results[0] / results[1024]:.1f}x")
 
 
 if __name__ == "__main__":
