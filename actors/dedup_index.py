@@ -31,6 +31,7 @@ import sys
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from rapidfuzz import process
@@ -59,6 +60,14 @@ class Decision:
     neighbours: tuple[Neighbour, ...] = field(default_factory=tuple)
     max_exact: bool = True
     lcs_computed: int = 0
+
+
+class _Prepared(NamedTuple):
+    """A candidate's token ids, its LCS string and its ordered token occurrences."""
+
+    toks: list[int]
+    string: str
+    elems: list[tuple[int, int]]
 
 
 def _char(tid: int) -> str:
@@ -106,6 +115,7 @@ class RougeIndex:
         # since then count as rarer than all, later-seen first.
         self._rank: list[int] = []
         self._next_reindex = 1024
+        self._reindexes = 0
         self.lcs_computed = 0
 
     def __len__(self) -> int:
@@ -128,6 +138,10 @@ class RougeIndex:
                 tid = self._vocab[tok] = len(self._vocab)
             out.append(tid)
         return out
+
+    def _prepare(self, text: str) -> _Prepared:
+        toks = self._encode(text)
+        return _Prepared(toks, "".join(map(_char, toks)), self._elements(toks))
 
     def _required_overlap(self, length: int) -> int:
         """Least overlap a sequence of this length needs with any partner to reach tau."""
@@ -159,6 +173,7 @@ class RougeIndex:
         for position, t in enumerate(order):
             rank[t] = position
         self._rank = rank
+        self._reindexes += 1
         self._postings = {}
         for member, toks in enumerate(members):
             self._post(member, toks)
@@ -168,10 +183,11 @@ class RougeIndex:
         """Add a member unconditionally (seeds, or a resumed pool in acceptance order)."""
         self._add_tokens(item_id, self._encode(text))
 
-    def _add_tokens(self, item_id: str, toks: list[int]) -> None:
+    def _add_tokens(self, item_id: str, toks: list[int], string: str | None = None,
+                    elems: list[tuple[int, int]] | None = None) -> None:
         member = len(self._ids)
         self._ids.append(item_id)
-        string = "".join(_char(t) for t in toks)
+        string = string if string is not None else "".join(map(_char, toks))
         self._strings.append(string)
         if member >= len(self._str_arr):
             grown = np.empty(2 * len(self._str_arr), dtype=object)
@@ -183,10 +199,11 @@ class RougeIndex:
             self._next_reindex *= 4
             self._reindex()
         else:
-            self._post(member, toks)
+            self._post(member, toks, elems)
 
-    def _post(self, member: int, toks: list[int]) -> None:
-        elems = self._elements(toks)
+    def _post(self, member: int, toks: list[int],
+              elems: list[tuple[int, int]] | None = None) -> None:
+        elems = elems if elems is not None else self._elements(toks)
         prefix = len(elems) - self._required_overlap(len(elems)) + 1
         for j, elem in enumerate(elems[:max(prefix, 0)]):
             posting = self._postings.get(elem)
@@ -195,15 +212,14 @@ class RougeIndex:
             posting.append(member << 16 | min(j, 0xFFFF))
 
     # -- scoring ---------------------------------------------------------------------------
-    def _pool_pairs(self, batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _pool_pairs(self, batch: list[_Prepared]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(candidate, member, F) for every pair the bounds cannot rule out, for a whole batch.
 
         One vectorised pass for all candidates: the numpy and C calls are paid per batch, not
         per candidate, which is what makes the pool fast.
         """
         cand, where, parts = [], [], []
-        for c, toks in enumerate(batch):
-            elems = self._elements(toks)
+        for c, (toks, _, elems) in enumerate(batch):
             for i, elem in enumerate(elems[: len(toks) - self._required_overlap(len(toks)) + 1]):
                 posting = self._postings.get(elem)
                 if posting is not None:
@@ -218,7 +234,8 @@ class RougeIndex:
         m_all = enc >> 16
         c_all = np.repeat(np.array(cand, dtype=np.int64), sizes)
         i_all = np.repeat(np.array(where, dtype=np.int64), sizes)
-        la = np.array([len(t) for t in batch], dtype=np.int64)[c_all]
+        lengths = np.array([len(p.toks) for p in batch], dtype=np.int64)
+        la = lengths[c_all]
         lb = np.frombuffer(self._lengths, dtype=np.int32)[m_all]
         # The position bound is exact only at a pair's first match, but every later match of
         # the pair has a smaller bound, so "some entry passes" == "the first match passes":
@@ -228,22 +245,22 @@ class RougeIndex:
         keep = 2.0 * overlap / (la + lb) >= self._tau
         pairs = np.unique(c_all[keep] << 32 | m_all[keep])
         c_of, m_of = pairs >> 32, pairs & 0xFFFFFFFF
-        la = np.array([len(t) for t in batch], dtype=np.int64)[c_of]
+        la = lengths[c_of]
         lb = np.frombuffer(self._lengths, dtype=np.int32)[m_of]
         # One C call per candidate against its surviving members: rapidfuzz then prepares the
         # candidate's bit vectors once (about 3x faster than pairwise calls).
         bounds = np.searchsorted(c_of, np.arange(len(batch) + 1))
         choices = self._str_arr[m_of]
         lcs = np.empty(len(m_of), dtype=np.int32)
-        for c, toks in enumerate(batch):
+        for c, prepared in enumerate(batch):
             lo, hi = bounds[c], bounds[c + 1]
             if hi > lo:
-                lcs[lo:hi] = process.cdist(["".join(map(_char, toks))], choices[lo:hi],
+                lcs[lo:hi] = process.cdist([prepared.string], choices[lo:hi],
                                            scorer=LCSseq.similarity, dtype=np.int32)[0]
         self.lcs_computed += len(m_of)
         return c_of, m_of, f_measures(lcs, la, lb)
 
-    def _pool_pairs_split(self, batch: list[list[int]]) -> tuple[np.ndarray, ...]:
+    def _pool_pairs_split(self, batch: list[_Prepared]) -> tuple[np.ndarray, ...]:
         """_pool_pairs on two halves in two threads (numpy and rapidfuzz release the GIL)."""
         if len(batch) < 32:
             return self._pool_pairs(batch)
@@ -256,8 +273,8 @@ class RougeIndex:
     def _decide(self, scores: np.ndarray, members: np.ndarray, la: int) -> Decision:
         best = float(scores.max()) if len(scores) else 0.0
         found: tuple[Neighbour, ...] = ()
-        hit = np.flatnonzero(scores >= self.neighbour_floor)
-        if len(hit) and self.max_neighbours:
+        if best >= self.neighbour_floor and self.max_neighbours:
+            hit = np.flatnonzero(scores >= self.neighbour_floor)
             order = hit[np.argsort(-scores[hit], kind="stable")][: self.max_neighbours]
             found = tuple(Neighbour(self._ids[members[k]], float(scores[k])) for k in order)
         exact = best >= self.neighbour_floor or self._tau <= 0 or la == 0 or not self._ids
@@ -272,14 +289,16 @@ class RougeIndex:
         then, in order, each candidate is also scored against the batch's earlier kept ones,
         decided, and (with add) added. The decisions equal a one-at-a-time pass.
         """
-        batch = [self._encode(text) for _, text in items]
+        batch = [self._prepare(text) for _, text in items]
+        reindexes = self._reindexes
         c_of, m_of, f = self._pool_pairs_split(batch)
         bounds = np.searchsorted(c_of, np.arange(len(batch) + 1))
         within = self._within_batch(batch) if add and len(batch) > 1 else None
         kept: list[int] = []  # positions in the batch
         kept_members: list[int] = []
         out = []
-        for c, ((item_id, _), toks) in enumerate(zip(items, batch, strict=True)):
+        for c, ((item_id, _), (toks, string, elems)) in enumerate(
+                zip(items, batch, strict=True)):
             lo, hi = bounds[c], bounds[c + 1]
             scores, members = f[lo:hi], m_of[lo:hi]
             if kept and within is not None:
@@ -289,16 +308,19 @@ class RougeIndex:
             decision = self._decide(scores, members, len(toks))
             out.append(decision)
             if decision.keep and add:
-                self._add_tokens(item_id, toks)
+                # Elements were ordered by the token ranks of the batch's start; a re-indexing
+                # since then re-ranked tokens, so they are ordered again.
+                self._add_tokens(item_id, toks, string,
+                                 elems if self._reindexes == reindexes else None)
                 kept.append(c)
                 kept_members.append(len(self._ids) - 1)
         return out
 
-    def _within_batch(self, batch: list[list[int]]) -> np.ndarray:
+    def _within_batch(self, batch: list[_Prepared]) -> np.ndarray:
         """F between every two candidates of a batch, in one multi-threaded C call: cheaper
         than pruning pairs one candidate at a time for a batch this small."""
-        strings = ["".join(map(_char, t)) for t in batch]
-        lengths = np.array([len(t) for t in batch], dtype=np.int64)
+        strings = [p.string for p in batch]
+        lengths = np.array([len(p.toks) for p in batch], dtype=np.int64)
         lcs = process.cdist(strings, strings, scorer=LCSseq.similarity, dtype=np.int32,
                             workers=-1)
         self.lcs_computed += lcs.size

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,10 @@ BIN = Path(sys.executable).parent
 
 
 def _env(**extra: str) -> dict[str, str]:
+    """No RAY_* from outside, and this virtualenv first on PATH, as for a user who activated it
+    (a job's entrypoint resolves `selfinstruct` through the head's PATH)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
 
@@ -105,3 +110,61 @@ def test_ray_job_submit_against_a_head_on_loopback(tmp_path):
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
                        timeout=120)
+
+
+def test_sigint_stops_gracefully_and_keeps_everything(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "actors", "run", str(ROOT / "pipeline.yaml"), "--out", str(out),
+         "--target", "500", "--no-progress"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(_lines(out / "dataset.jsonl")) < 2:
+            time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "stopped" and run["stop_reason"] == "interrupted"
+    dataset = _lines(out / "dataset.jsonl")
+    assert len(dataset) == run["tasks"] >= 2
+    assert all(run["checks"].values()), run["checks"]
+    assert run["pool"]["outstanding"] == 0  # every admitted task finished or was recorded
+    assert len(load_seeds(out / "dataset.jsonl")) == len(dataset)
+
+
+def test_cli_refuses_a_used_or_unwritable_run_dir(tmp_path):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "dataset.jsonl").write_text('{"id": "x"}\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "run", str(ROOT / "pipeline.yaml"), "--out", str(used),
+         "--target", "1"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "already holds a dataset.jsonl" in proc.stderr
+    assert (used / "dataset.jsonl").read_text() == '{"id": "x"}\n'  # nothing lost
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "run", str(ROOT / "pipeline.yaml"), "--out",
+         str(blocked / "sub"), "--target", "1"], env=_env(), capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 2 and "cannot write the run directory" in proc.stderr
+
+
+def test_judge_fills_grades_with_the_embedded_model(tmp_path, capsys):
+    from actors.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "t", "instruction": "Add two and three.",
+                                "instances": [{"input": "", "output": "5"}],
+                                "is_classification": False}) + "\n")
+    out = tmp_path / "q.jsonl"
+    assert main(["sample", str(data), "--n", "1", "--judge", "local", "--config",
+                 str(ROOT / "pipeline.yaml"), "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["graded_by"] and "judge_answer" in row
+    assert set(row["grades"]) == {"valid_instruction", "input_fits", "output_correct",
+                                  "all_fine"}
