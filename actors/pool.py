@@ -9,8 +9,10 @@ from the candidate queue, which makes the proposers wait (backpressure).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from ray.util.queue import Empty
@@ -19,6 +21,29 @@ from actors.config import Pipeline
 from actors.dedup_index import RougeIndex
 from actors.prompts import Shot, sample_shots
 from actors.stages import Outcome
+
+
+@dataclass(frozen=True)
+class Rates:
+    candidates_per_prompt: float
+    keep: float
+    task: float
+
+
+def prompts_wanted(rates: Rates, capacity: int, outstanding: int, backlog: int,
+                   prompts_out: int, limit: int) -> int:
+    """How many new prompts the target still needs.
+
+    Admissions still wanted: the free room now, plus the admitted tasks expected to fail at the
+    instance stage (each failure frees room again). Supply: the backlog and the prompts in
+    flight, at the observed candidates per prompt and keep rate.
+    """
+    want = capacity + outstanding * (1.0 - rates.task)
+    per_prompt = max(rates.candidates_per_prompt * rates.keep, 0.05)
+    supply = backlog * rates.keep + prompts_out * per_prompt
+    if want <= 0 or supply >= want:
+        return 0
+    return max(0, min(limit, math.ceil((want - supply) / per_prompt)))
 
 
 class Pool:
@@ -40,22 +65,46 @@ class Pool:
         self.outstanding = 0
         self.done = 0
         self.decided = 0
+        self.kept = 0
+        self.failed = 0
+        self.received = 0
+        self.prompts_out = 0
+        self.prompts_done = 0
         self.stopping = False
         self.admitting = True
         self._exited: asyncio.Event | None = None
 
     def sample(self, n: int) -> list[list[Shot]]:
-        """Shots for n prompts, or none while the backlog already covers the free room."""
-        if self.capacity() <= len(self.backlog):
+        """Shots for up to n prompts: only as many as the target still needs, counting what is
+        already waiting and what prompts in flight are expected to bring (near the end of a
+        run this keeps proposers from paying for candidates nobody will use)."""
+        if not self.admitting:
             return []
+        k = prompts_wanted(self._rates(), self.capacity(), self.outstanding, len(self.backlog),
+                           self.prompts_out, n)
+        self.prompts_out += k
         p = self.cfg.stages.propose
         return [sample_shots(self.rng, self.human, self.machine, p.num_shots, p.num_machine_shots)
-                for _ in range(n)]
+                for _ in range(k)]
+
+    def delivered(self, prompts: int) -> None:
+        """A proposer's prompts are answered and their candidates queued."""
+        self.prompts_out -= prompts
+        self.prompts_done += prompts
+
+    def _rates(self) -> Rates:
+        """Observed so far, with priors until there is enough to go on."""
+        return Rates(
+            candidates_per_prompt=self.received / self.prompts_done
+            if self.prompts_done >= 5 else 5.0,
+            keep=self.kept / self.decided if self.decided >= 10 else 0.5,
+            task=self.done / (self.done + self.failed) if self.done + self.failed >= 5 else 0.7)
 
     def settle(self, ok: int, failed: int) -> None:
         """Later stages report finished tasks, which frees room under the target."""
         self.outstanding -= ok + failed
         self.done += ok
+        self.failed += failed
 
     def capacity(self) -> int:
         return self.target - self.done - self.outstanding if self.admitting else 0
@@ -63,6 +112,7 @@ class Pool:
     def stats(self) -> dict[str, Any]:
         return {"pool_size": len(self.index), "machine": len(self.machine),
                 "backlog": len(self.backlog), "outstanding": self.outstanding,
+                "prompts_sampled": self.prompts_done + self.prompts_out,
                 "done": self.done, "lcs_computed": self.index.lcs_computed,
                 "index_mb": round(self.index.memory_bytes() / 2**20, 2)}
 
@@ -80,6 +130,7 @@ class Pool:
                 try:
                     batch = await self.candidates.get_async(timeout=0.2)
                     self.backlog.extend(batch)
+                    self.received += len(batch)
                 except Empty:
                     pass
             else:
@@ -102,6 +153,7 @@ class Pool:
                          "neighbours": [{"id": nb.id, "score": nb.score}
                                         for nb in decision.neighbours]}
                 if decision.keep:
+                    self.kept += 1
                     self.machine.append(Shot(task_id, cand["instruction"]))
                     self.outstanding += 1
                     forward.append({**cand, "id": task_id, "rouge": rouge})

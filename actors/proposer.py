@@ -49,3 +49,4 @@ class Proposer:
         await self.writer.write.remote(out.as_dict())
         if candidates:
             await self.candidates.put_async(candidates)
+        await self.pool.delivered.remote(len(shot_sets))
