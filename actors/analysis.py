@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.dedup_index import RougeIndex
+from actors.runlog import COMMITS
 from actors.seeds import SeedTask, load_seeds
 
 VerbNoun = tuple[str | None, str | None]
@@ -152,18 +153,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def timeline(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """Tasks written and tokens used against seconds since the first record."""
-    dataset = read_jsonl(run_dir / "dataset.jsonl")
-    responses = read_jsonl(run_dir / "responses.jsonl")
-    task_times = sorted(t for d in dataset if (t := d.get("provenance", {}).get("written_at")))
-    times = task_times + [r["written_at"] for r in responses if r.get("written_at")]
-    if not times:
+    """Tasks written and tokens used against seconds since the first commit."""
+    commits = read_jsonl(run_dir / COMMITS)
+    if not commits:
         return {"tasks": [], "tokens": []}
-    t0 = min(times)
-    tasks = [(t - t0, float(k + 1)) for k, t in enumerate(task_times)]
-    tokens, total = [], 0.0
-    for r in sorted((r for r in responses if r.get("written_at")),
-                    key=lambda r: r["written_at"]):
-        total += r.get("prompt_tokens", 0) + r.get("completion_tokens", 0)
-        tokens.append((r["written_at"] - t0, total))
+    t0 = commits[0]["time"]
+    tasks, tokens, n_tasks, n_tokens = [], [], 0, 0
+    for c in commits:
+        t = c["time"] - t0
+        if added := c.get("lines", {}).get("dataset", 0):
+            n_tasks += added
+            tasks.append((t, float(n_tasks)))
+        if used := sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
+                       for u in c.get("usage", {}).values()):
+            n_tokens += used
+            tokens.append((t, float(n_tokens)))
     return {"tasks": tasks, "tokens": tokens}

@@ -29,7 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     summary = run_pipeline(cfg, out_dir=args.out, target=args.target,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, resume=args.resume)
     counts = summary["counts"]
     print(json.dumps({"status": summary["status"], "stop_reason": summary["stop_reason"],
                       "tasks": summary["tasks"], "out": summary["out"],
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", default="pipeline.yaml")
     run.add_argument("--out", help="run directory (default: run.out in the config)")
     run.add_argument("--target", type=int, help="tasks to write (default: run.target)")
+    run.add_argument("--resume", action="store_true",
+                     help="go on with the run in --out where it stopped (same method config)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
@@ -230,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:
         from actors.pipeline import RunError
+        from actors.resume import ResumeError
+        from actors.runlog import RunDirError
 
-        if isinstance(exc, RunError):
+        if isinstance(exc, RunError | ResumeError | RunDirError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -67,6 +67,9 @@ class ProposeStage(Decoding):
     num_shots: int = Field(8, ge=1)
     num_machine_shots: int = Field(2, ge=0)
     capitalize: bool = Field(False, description="the original's .capitalize() quirk")
+    machine_shot_lag: int = Field(
+        20, ge=1, description="prompt k samples machine shots from tasks accepted from prompts "
+        "before k - lag, so runs are reproducible whatever the timing")
 
     @model_validator(mode="after")
     def _shots(self) -> ProposeStage:
@@ -166,8 +169,6 @@ class Actors(Strict):
 class Queues(Strict):
     batch_size: int = Field(8, ge=1, description="items per batch on a queue")
     candidates: int = Field(8, ge=1, description="bound, in batches")
-    accepted: int = Field(8, ge=1)
-    classified: int = Field(8, ge=1)
 
 
 class Run(Strict):
@@ -175,6 +176,12 @@ class Run(Strict):
     out: str = "runs/latest"
     seed: int = 0
     max_minutes: float | None = Field(None, gt=0, description="stop after this long")
+
+
+class Cache(Strict):
+    enabled: bool = Field(False, description="keep every answer; a rerun replays them")
+    path: str | None = Field(None, description="null: cache.sqlite in the run directory")
+    replay_only: bool = Field(False, description="never call a model: a miss is an error")
 
 
 class RayConf(Strict):
@@ -192,6 +199,7 @@ class Pipeline(Strict):
     dedup: Dedup = Field(default_factory=Dedup)
     actors: Actors = Field(default_factory=Actors)
     queues: Queues = Field(default_factory=Queues)
+    cache: Cache = Field(default_factory=Cache)
     ray: RayConf = Field(default_factory=RayConf)
 
     @model_validator(mode="after")
@@ -203,10 +211,6 @@ class Pipeline(Strict):
                     f"stages.{stage}.model: {name!r} is not defined under 'models' "
                     f"(defined: {', '.join(sorted(self.models)) or 'none'})")
         return self
-
-    def method_snapshot(self) -> dict[str, Any]:
-        """The settings that decide what data comes out (resume must not change these)."""
-        return self.model_dump(include={"seeds", "stages", "filters", "dedup"})
 
 
 def _format_error(source: str, err: dict[str, Any]) -> str:
@@ -251,6 +255,8 @@ def parse_config(data: Any, source: str, base: Path) -> Pipeline:
     # Store resolved paths so actors on any worker see the same files.
     cfg.seeds = [str(resolve_path(base, s).resolve()) for s in cfg.seeds]
     cfg.prompts_dir = str(resolve_path(base, cfg.prompts_dir).resolve())
+    if cfg.cache.path:
+        cfg.cache.path = str(resolve_path(base, cfg.cache.path).resolve())
     for model in cfg.models.values():
         if model.path:
             model.path = str(resolve_path(base, model.path).resolve())

@@ -5,28 +5,38 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from actors.consumer import QueueConsumer
-from actors.llm import LLMClient, make_request
-from actors.stages import Outcome, Stages
+from actors.client import LLMClient
+from actors.consumer import StageWorker
+from actors.llm import make_request
+from actors.stages import Stages
 
 
-class Instancer(QueueConsumer):
-    def __init__(self, stages: Stages, replicas: list[Any], classified: Any, pool: Any,
+class Instancer(StageWorker):
+    stage = "instances"
+
+    def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any,
                  writer: Any) -> None:
-        super().__init__(classified)
-        self.stages = stages
+        super().__init__(name, pool, writer, stages.cfg.queues.batch_size)
+        self.stages, self.client = stages, client
         self.conf = stages.cfg.stages.instances
-        self.client = LLMClient(replicas, self.conf.max_in_flight, stage="instances")
-        self.pool, self.writer = pool, writer
 
     async def handle(self, batch: list[dict[str, Any]]) -> None:
         completions = await asyncio.gather(*[
             self.client.complete(make_request(self.stages.instance_prompt(task), self.conf,
                                               seed=0))
             for task in batch])
-        out = Outcome()
+        done, outs, undone = [], [], []
         for task, c in zip(batch, completions, strict=True):
-            out.merge(self.stages.instance_outcome(task, f"i-{task['id']}", c))
-        await self.writer.write.remote(out.as_dict())
-        ok = len(out.dataset)
-        await self.pool.settle.remote(ok, len(batch) - ok)
+            if c.finish_reason == "cancelled":  # the run is stopping: pending for --resume
+                undone.append(task["id"])
+                continue
+            done.append(task["id"])
+            outs.append(self.stages.instance_outcome(task, c))
+        if outs:
+            results = await self.writer.write.remote([o.as_dict() for o in outs])
+            # A repeated unit (this actor restarted) settles as its first copy did.
+            await self.pool.settle.remote({
+                tid: r["ok"] if r["dup"] else bool(o.dataset)
+                for tid, o, r in zip(done, outs, results, strict=True)})
+        if undone:
+            await self.pool.release.remote(self.name, undone)

@@ -12,7 +12,7 @@ import asyncio
 import heapq
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Completion:
     completion_tokens: int = 0
     latency_s: float = 0.0
     error: str = ""
+    cached: bool = False            # served from the response cache, not by the model
 
     @property
     def truncated(self) -> bool:
@@ -180,27 +181,3 @@ def start_local_replicas(conf: LocalModel, name: str) -> list[ray.actor.ActorHan
     replicas = conf.replicas or max(1, int(ray.available_resources().get("CPU", os.cpu_count())))
     cls = ray.remote(num_cpus=conf.threads, max_concurrency=1000)(LocalModelWorker)
     return [cls.remote(conf) for _ in range(replicas)]
-
-
-@dataclass
-class LLMClient:
-    """What a stage holds: the replicas of its model and a cap on its requests in flight."""
-
-    replicas: list[Any]
-    max_in_flight: int = 16
-    _outstanding: list[int] = field(default_factory=list)
-    _sem: asyncio.Semaphore | None = None
-
-    stage: str = "propose"
-
-    async def complete(self, req: Request) -> Completion:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.max_in_flight)
-            self._outstanding = [0] * len(self.replicas)
-        async with self._sem:
-            k = min(range(len(self.replicas)), key=self._outstanding.__getitem__)
-            self._outstanding[k] += 1
-            try:
-                return await self.replicas[k].complete.remote(req, self.stage)
-            finally:
-                self._outstanding[k] -= 1

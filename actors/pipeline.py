@@ -18,19 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.queue import Empty, Queue
+from ray.exceptions import RayActorError
+from ray.util.queue import Queue
 from tqdm import tqdm
 
 from actors import logs
 from actors.classifier import Classifier
+from actors.client import client_for
 from actors.config import Pipeline
 from actors.instancer import Instancer
 from actors.llm import start_local_replicas
 from actors.pool import Pool
 from actors.prompts import load_template
 from actors.proposer import Proposer
+from actors.recovery import load_state
+from actors.resume import check_resume, fingerprint
+from actors.runlog import COMMITS, DATA_FILES, describe_os_error, recover
 from actors.seeds import load_seeds
-from actors.stages import Outcome, Stages
+from actors.stages import Stages
 from actors.writer import Writer
 
 STAGE_ORDER = ["propose", "filter", "dedup", "classify", "task", "instances"]
@@ -70,40 +75,56 @@ def load_all_seeds(cfg: Pipeline) -> list[dict[str, Any]]:
     return seeds
 
 
-def check_out_dir(out: Path) -> None:
-    """Fail before starting anything if the run directory cannot be written or is not empty."""
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Fail before starting anything if the run directory cannot be written, or holds a run
+    and --resume was not given."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise RunError(f"{out}: cannot write the run directory ({exc.strerror})") from None
-    if (out / "dataset.jsonl").exists() and (out / "dataset.jsonl").stat().st_size:
-        raise RunError(f"{out}: already holds a dataset.jsonl; choose a new --out directory")
+        raise RunError(describe_os_error(out, exc).split(". Every")[0]) from None
+    if not resume and any((out / f).exists() and (out / f).stat().st_size
+                          for f in (COMMITS, *DATA_FILES.values())):
+        raise RunError(f"{out}: already holds a run; add --resume to go on with it, or choose "
+                       f"a new --out directory")
 
 
-def flow_checks(stages: dict[str, dict[str, Any]]) -> dict[str, bool]:
-    """What comes out of one stage is what goes into the next."""
+def flow_checks(stages: dict[str, dict[str, Any]], pending: dict[str, int]) -> dict[str, bool]:
+    """What comes out of one stage goes into the next, or is still pending there."""
     def get(stage: str, key: str) -> int:
         return stages.get(stage, {}).get(key, 0)
 
     return {
         "per_stage_in_equals_accepted_plus_rejected": all(
             s["in"] == s["accepted"] + s["rejected"] for s in stages.values()),
-        "filter_accepted_equals_dedup_in": get("filter", "accepted") == get("dedup", "in"),
-        "dedup_accepted_equals_classify_in": get("dedup", "accepted") == get("classify", "in"),
-        "classify_accepted_equals_task_in": get("classify", "accepted") == get("task", "in"),
+        "filter_accepted_equals_dedup_in_plus_pending":
+            get("filter", "accepted") == get("dedup", "in") + pending["candidates"],
+        "dedup_accepted_equals_classify_in_plus_pending":
+            get("dedup", "accepted") == get("classify", "in") + pending["unclassified"],
+        "classify_accepted_equals_task_in_plus_pending":
+            get("classify", "accepted") == get("task", "in") + pending["classified"],
     }
 
 
 def acceptance(stages: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """Accepted over decided, per stage; work left unprocessed at the stop was never decided."""
-    out: dict[str, float | None] = {}
-    for name, s in stages.items():
-        decided = s["in"] - s["reasons"].get("unprocessed", 0)
-        out[name] = round(s["accepted"] / decided, 4) if decided else None
-    return out
+    """Accepted over decided, per stage."""
+    return {name: round(s["accepted"] / s["in"], 4) if s["in"] else None
+            for name, s in stages.items()}
+
+
+def write_run_json(out: Path, summary: dict[str, Any]) -> None:
+    """Atomically: a crash leaves the old run.json or the new one, never half of one."""
+    tmp = out / "run.json.tmp"
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(json.dumps(summary, indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(out / "run.json")
+    except OSError as exc:
+        raise RunError(describe_os_error(out / "run.json", exc)) from None
 
 
 class _StopFlag:
@@ -130,55 +151,73 @@ def _init_ray(cfg: Pipeline) -> None:
         ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
 
 
+RESTARTABLE = {"max_restarts": 5, "max_task_retries": 0}
+
+
 def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Run the whole method until `target` tasks are written; returns what run.json holds."""
     out = Path(out_dir or cfg.run.out).resolve()
     target = target or cfg.run.target
     cfg.run.out, cfg.run.target = str(out), target
     seeds = load_all_seeds(cfg)
     templates = load_templates(cfg)
-    check_out_dir(out)
+    method = fingerprint(cfg, [t.path for t in templates.values()])
+    check_out_dir(out, resume)
+    earlier = check_resume(out, method) if resume else {}
+    committed = recover(out)  # a torn or half-written batch from a crash is cut here
     log = logs.configure(out / "events.jsonl", console=True)
     started = time.time()
-    log.info("run_start", out=str(out), target=target, seeds=len(seeds))
+    resumes = earlier.get("resumes", -1) + 1
+    log.info("run_start", out=str(out), target=target, seeds=len(seeds), resumed=resume,
+             tasks=committed.lines.get("dataset", 0))
+    base = {"status": "running", "target": target, "out": str(out), "resumes": resumes,
+            "method": method, "seeds": len(seeds), "versions": versions(),
+            "config": cfg.model_dump()}
+    write_run_json(out, {**base, "timings": {"started": started}})
 
     _init_ray(cfg)
     stage_logic = Stages(cfg, templates)
-    replicas = {name: start_local_replicas(m, name) for name, m in cfg.models.items()
-                if name in {cfg.stages.propose.model, cfg.stages.classify.model,
-                            cfg.stages.instances.model}}
-    q = cfg.queues
-    opts = {"num_cpus": 0}
-    cand_q = Queue(maxsize=q.candidates, actor_options=opts)
-    acc_q = Queue(maxsize=q.accepted, actor_options=opts)
-    cls_q = Queue(maxsize=q.classified, actor_options=opts)
-    writer = ray.remote(num_cpus=0)(Writer).remote(str(out), target)
-    pool = ray.remote(num_cpus=0)(Pool).remote(cfg, seeds, target, cand_q, acc_q, writer)
-    proposers = [ray.remote(num_cpus=0)(Proposer).remote(
-        i, stage_logic, replicas[cfg.stages.propose.model], pool, cand_q, writer)
-        for i in range(cfg.actors.proposers)]
-    classifier = ray.remote(num_cpus=0)(Classifier).remote(
-        stage_logic, replicas[cfg.stages.classify.model], acc_q, cls_q, writer)
-    instancers = [ray.remote(num_cpus=0)(Instancer).remote(
-        stage_logic, replicas[cfg.stages.instances.model], cls_q, pool, writer)
-        for _ in range(cfg.actors.instancers)]
+    used = {cfg.stages.propose.model, cfg.stages.classify.model, cfg.stages.instances.model}
+    replicas = {name: [] if cfg.cache.replay_only else start_local_replicas(m, name)
+                for name, m in cfg.models.items() if name in used}
+    cache_path = cfg.cache.path or str(out / "cache.sqlite")
 
-    loops = {"pool": pool.run.remote(), "classifier": classifier.run.remote()}
-    loops |= {f"proposer-{i}": p.run.remote() for i, p in enumerate(proposers)}
-    loops |= {f"instancer-{i}": a.run.remote() for i, a in enumerate(instancers)}
+    def client(stage: str) -> Any:
+        return client_for(cfg, stage, replicas[getattr(cfg.stages, stage).model], cache_path)
+
+    cand_q = Queue(maxsize=cfg.queues.candidates, actor_options={"num_cpus": 0})
+    actor = ray.remote(num_cpus=0, max_restarts=3)
+    writer = actor(Writer).remote(str(out), target, stage_logic)
+    pool = actor(Pool).remote(cfg, seeds, target, cand_q, writer, str(out))
+    stage_actor = ray.remote(num_cpus=0, **RESTARTABLE)
+    workers: dict[str, Any] = {"pool": pool}
+    for i in range(cfg.actors.proposers):
+        workers[f"proposer-{i}"] = stage_actor(Proposer).remote(
+            f"proposer-{i}", stage_logic, client("propose"), pool, cand_q, writer)
+    workers["classifier"] = stage_actor(Classifier).remote(
+        "classifier", stage_logic, client("classify"), pool, writer)
+    for i in range(cfg.actors.instancers):
+        workers[f"instancer-{i}"] = stage_actor(Instancer).remote(
+            f"instancer-{i}", stage_logic, client("instances"), pool, writer)
+    loops = {name: handle.run.remote() for name, handle in workers.items()}
 
     flag = _StopFlag()
     old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
     deadline = started + cfg.run.max_minutes * 60 if cfg.run.max_minutes else None
-    bar = tqdm(total=target, unit="task", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
-    stats: dict[str, Any] = {}
-    failure = ""
+    bar = tqdm(total=target, initial=committed.lines.get("dataset", 0), unit="task",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    failure, restarts = "", dict.fromkeys(workers, 0)
     next_log = time.time()
     try:
         while True:
-            stats = ray.get(writer.stats.remote())
+            try:
+                stats = ray.get(writer.stats.remote())
+            except RayActorError as exc:
+                failure = f"writer failed: {exc}"
+                flag.reason = "failed"
+                break
             if time.time() >= next_log:
                 next_log += 10
                 log.info("progress", tasks=stats["tasks"], target=target,
@@ -199,7 +238,17 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                 try:
                     ray.get(ref)
                     failure = f"{name} stopped unexpectedly"
-                except Exception as exc:  # an actor's loop died: stop and report why
+                except RayActorError as exc:
+                    # The process died (killed, out of memory, node lost): Ray restarts the
+                    # actor; its leased work goes back to the pool; start its loop again.
+                    restarts[name] += 1
+                    log.warning("actor_died", actor=name, restarts=restarts[name],
+                                error=str(exc).splitlines()[0][:300])
+                    if restarts[name] <= RESTARTABLE["max_restarts"]:
+                        loops[name] = workers[name].run.remote()
+                        continue
+                    failure = f"{name} died {restarts[name]} times: {exc}"
+                except Exception as exc:  # an actor's loop raised: stop and report why
                     failure = f"{name} failed: {exc}"
                 log.error("actor_failed", actor=name, error=failure)
                 flag.reason = "failed"
@@ -207,83 +256,64 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                 break
             time.sleep(0.5)
         log.info("stopping", reason=flag.reason)
-        stats = _shutdown(pool, proposers, classifier, instancers, writer, replicas,
-                          acc_q, cls_q, loops, log)
+        stats = _shutdown(workers, writer, replicas, loops, log)
     finally:
         bar.close()
         for s, handler in old.items():
             signal.signal(s, handler)
 
     ended = time.time()
-    pool_stats = ray.get(pool.stats.remote())
+    state = load_state(out, recover(out, truncate=False))
+    pending = state.pending()
+    try:
+        pool_stats = ray.get(pool.stats.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - the pool's figures are informative only
+        pool_stats = {}
+    status = {"target_reached": "completed", "failed": "failed"}.get(flag.reason, "stopped")
     summary = {
-        "status": "completed" if flag.reason == "target_reached" else "stopped",
+        **base,
+        "status": status,
         "stop_reason": flag.reason,
         **({"failure": failure} if failure else {}),
-        "target": target,
         "tasks": stats["tasks"],
-        "out": str(out),
         "timings": {"started": started, "ended": ended, "wall_s": round(ended - started, 3),
-                    "tasks_per_min": round(stats["tasks"] / max(ended - started, 1e-9) * 60, 3)},
+                    "tasks_per_min": round(
+                        (stats["tasks"] - committed.lines.get("dataset", 0))
+                        / max(ended - started, 1e-9) * 60, 3)},
         "counts": {k: stats["stages"][k] for k in STAGE_ORDER if k in stats["stages"]},
+        "pending": pending,
         "acceptance": acceptance(stats["stages"]),
-        "checks": flow_checks(stats["stages"]),
+        "checks": flow_checks(stats["stages"], pending),
         "usage": stats["usage"],
+        "actor_restarts": {k: v for k, v in restarts.items() if v},
         "pool": pool_stats,
-        "seeds": len(seeds),
-        "versions": versions(),
-        "config": cfg.model_dump(),
     }
-    tmp = out / "run.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "run.json")
-    log.info("run_end", status=summary["status"], tasks=stats["tasks"],
+    write_run_json(out, summary)
+    log.info("run_end", status=status, tasks=stats["tasks"], pending=pending,
              wall_s=summary["timings"]["wall_s"])
-    for handle in [pool, writer, classifier, *proposers, *instancers,
-                   *[r for rs in replicas.values() for r in rs], cand_q.actor, acc_q.actor,
-                   cls_q.actor]:
+    for handle in [*workers.values(), writer, *[r for rs in replicas.values() for r in rs],
+                   cand_q.actor]:
         ray.kill(handle)
     return summary
 
 
-def _drain(queue: Queue) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    while True:
-        try:
-            items += queue.get(timeout=0.2)
-        except Empty:
-            return items
-
-
-def _shutdown(pool: Any, proposers: list[Any], classifier: Any, instancers: list[Any],
-              writer: Any, replicas: dict[str, list[Any]], acc_q: Queue, cls_q: Queue,
-              loops: dict[str, Any], log: Any, grace_s: float = 120.0) -> dict[str, Any]:
-    """Stop from the front: proposers, then the pool, then let admitted tasks finish."""
-    all_replicas = [r for rs in replicas.values() for r in rs]
+def _shutdown(workers: dict[str, Any], writer: Any, replicas: dict[str, list[Any]],
+              loops: dict[str, Any], log: Any, grace_s: float = 60.0) -> dict[str, Any]:
+    """Stop everything at once: work not finished stays pending in the run directory (nothing
+    is lost; --resume does it), so a stop never waits for more than what is running now."""
+    pool = workers["pool"]
     pool.stop_admitting.remote()
-    for p in proposers:
-        p.stop.remote()
-    for r in all_replicas:
-        r.cancel_pending.remote("propose")
-    prop_refs = [v for k, v in loops.items() if k.startswith("proposer")]
-    ray.wait(prop_refs, num_returns=len(prop_refs), timeout=grace_s)
-    unprocessed = ray.get(pool.finish.remote())
-    log.info("pool_stopped", unprocessed=unprocessed)
-    end = time.time() + grace_s
-    while time.time() < end and ray.get(pool.stats.remote())["outstanding"] > 0:
-        time.sleep(0.5)
-    for actor in [classifier, *instancers]:
-        actor.stop.remote()
-    for stage in ("classify", "instances"):
-        for r in all_replicas:
+    for name, handle in workers.items():
+        if name != "pool":
+            handle.stop.remote()
+    for r in (r for rs in replicas.values() for r in rs):
+        for stage in ("propose", "classify", "instances"):
             r.cancel_pending.remote(stage)
-    rest = [v for k, v in loops.items() if not k.startswith("proposer") and k != "pool"]
+    rest = [v for k, v in loops.items() if k != "pool"]
     ray.wait(rest, num_returns=len(rest), timeout=grace_s)
-    out = Outcome()
-    for task in _drain(acc_q):
-        out.reject("classify", "unprocessed", "run stopped before classification", task)
-    for task in _drain(cls_q):
-        out.reject("task", "unprocessed", "run stopped before instance generation", task)
-    if out.rejected:
-        ray.get(writer.write.remote(out.as_dict()))
+    try:
+        left = ray.get(pool.finish.remote(), timeout=grace_s)
+        log.info("pool_stopped", **left)
+    except Exception as exc:  # noqa: BLE001 - the files are the truth; report and go on
+        log.warning("pool_stop_failed", error=str(exc)[:300])
     return ray.get(writer.close.remote())

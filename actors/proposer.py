@@ -1,25 +1,33 @@
-"""Proposer actors: sample shots from the pool, ask the model for new tasks, filter, enqueue."""
+"""Proposer actors: take numbered prompts from the pool, ask the model, filter, hand back."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from actors.llm import LLMClient, make_request
-from actors.stages import Outcome, Stages
+from actors.client import LLMClient
+from actors.ids import prompt_number
+from actors.llm import make_request
+from actors.stages import Stages
+
+
+def propose_seed(run_seed: int, k: int) -> int:
+    """Prompt k's decoding seed: the same in every run, restart and replay of this config."""
+    return (run_seed * 1_000_003 + k) & 0x7FFFFFFF
 
 
 class Proposer:
-    def __init__(self, index: int, stages: Stages, replicas: list[Any], pool: Any,
+    def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any,
                  candidates: Any, writer: Any) -> None:
-        self.index = index
+        self.name = name
         self.stages = stages
         self.conf = stages.cfg.stages.propose
-        self.client = LLMClient(replicas, self.conf.max_in_flight, stage="propose")
+        self.client = client
         self.pool, self.candidates, self.writer = pool, candidates, writer
         self.stopping = False
-        self.step = 0
+        self.steps = 0
         self.seed = stages.cfg.run.seed
+        pool.lost.remote(name)  # prompts an earlier life of this actor held are asked again
 
     def stop(self) -> None:
         self.stopping = True
@@ -27,26 +35,26 @@ class Proposer:
     async def run(self) -> int:
         while not self.stopping:
             await self._step()
-        return self.step
+        return self.steps
 
     async def _step(self) -> None:
-        shot_sets = await self.pool.sample.remote(self.conf.prompts_per_call)
-        if not shot_sets:  # the pool has enough candidates waiting for now
+        issued = await self.pool.sample.remote(self.name, self.conf.prompts_per_call)
+        if not issued:  # the pool has enough candidates coming for now
             await asyncio.sleep(0.2)
             return
-        self.step += 1
-        ids = [f"p{self.index}-{self.step:06d}-{k}" for k in range(len(shot_sets))]
+        self.steps += 1
         completions = await asyncio.gather(*[
-            self.client.complete(make_request(
-                self.stages.propose_prompt(shots), self.conf,
-                seed=hash((self.seed, self.index, self.step, k)) & 0x7FFFFFFF))
-            for k, shots in enumerate(shot_sets)])
-        out, candidates = Outcome(), []
-        for rid, shots, c in zip(ids, shot_sets, completions, strict=True):
-            cands, o = self.stages.propose_outcome(rid, shots, c)
-            candidates += cands
-            out.merge(o)
-        await self.writer.write.remote(out.as_dict())
-        if candidates:
-            await self.candidates.put_async(candidates)
-        await self.pool.delivered.remote(len(shot_sets))
+            self.client.complete(make_request(self.stages.propose_prompt(shots), self.conf,
+                                              seed=propose_seed(self.seed, k)))
+            for k, shots in issued])
+        units = [self.stages.propose_outcome(k, shots, c)
+                 for (k, shots), c in zip(issued, completions, strict=True)
+                 if c.finish_reason != "cancelled"]  # stopping: asked again on --resume
+        if not units:
+            return
+        results = await self.writer.write.remote([u.as_dict() for u in units])
+        # Committed first, then handed on; a repeated prompt hands on its first copy.
+        await self.candidates.put_async([
+            {"worker": self.name, "prompt": prompt_number(u.key),
+             "candidates": r["candidates"] if r["dup"] else u.candidates}
+            for u, r in zip(units, results, strict=True)])

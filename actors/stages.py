@@ -18,6 +18,7 @@ from actors.filters import (
     build_chain,
     filter_task_instances,
 )
+from actors.ids import classify_id, instances_id, prompt_id
 from actors.llm import Completion
 from actors.parsing import (
     parse_classification,
@@ -37,6 +38,10 @@ class Outcome:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     responses: list[dict[str, Any]] = field(default_factory=list)
     dataset: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    admitted: list[dict[str, Any]] = field(default_factory=list)
+    key: str | None = None          # the unit's response id: the writer keeps one copy
+    cached: list[str] = field(default_factory=list)
 
     def accept(self, stage: str, n: int = 1) -> None:
         self.accepted[stage] = self.accepted.get(stage, 0) + n
@@ -50,10 +55,15 @@ class Outcome:
         self.rejected += other.rejected
         self.responses += other.responses
         self.dataset += other.dataset
+        self.candidates += other.candidates
+        self.admitted += other.admitted
+        self.cached += other.cached
 
     def as_dict(self) -> dict[str, Any]:
-        return {"accepted": self.accepted, "rejected": self.rejected,
-                "responses": self.responses, "dataset": self.dataset}
+        return {"key": self.key, "accepted": self.accepted, "rejected": self.rejected,
+                "responses": self.responses, "dataset": self.dataset,
+                "candidates": self.candidates, "admitted": self.admitted,
+                "cached": self.cached}
 
 
 def response_record(response_id: str, stage: str, c: Completion) -> dict[str, Any]:
@@ -77,32 +87,32 @@ class Stages:
     def propose_prompt(self, shots: list[Shot]) -> str | list[dict[str, str]]:
         return self.templates["propose"].render(shots=number_shots([s.instruction for s in shots]))
 
-    def propose_outcome(
-        self, response_id: str, shots: list[Shot], c: Completion
-    ) -> tuple[list[dict[str, Any]], Outcome]:
-        """Parse one response and run the instruction filters; candidates go on to dedup."""
-        out = Outcome(responses=[response_record(response_id, "propose", c)])
-        base = {"response_id": response_id, "shots": [s.id for s in shots], "model": c.model}
+    def propose_outcome(self, k: int, shots: list[Shot], c: Completion) -> Outcome:
+        """Parse prompt k's response and run the instruction filters; candidates go to dedup."""
+        response_id = prompt_id(k)
+        out = Outcome(responses=[response_record(response_id, "propose", c)], key=response_id,
+                      cached=[response_id] if c.cached else [])
+        base = {"response_id": response_id, "prompt": k, "shots": [s.id for s in shots],
+                "model": c.model}
         if c.finish_reason in ("error", "cancelled"):
             out.reject("propose", c.finish_reason, c.error or "request did not complete", base)
-            return [], out
+            return out
         parsed = parse_instructions(c.text, c.truncated, self.cfg.stages.propose.capitalize)
         if parsed.dropped_reason:
             reason = {"truncated": "response cut off by the length limit, dropped whole",
                       "empty": "no instruction in the response"}[parsed.dropped_reason]
             out.reject("propose", parsed.dropped_reason, reason, base)
-            return [], out
+            return out
         out.accept("propose")
-        candidates = []
         for k, inst in enumerate(parsed.instructions):
             item = {**base, "cid": f"{response_id}.{k}", "instruction": inst}
             verdict = apply_chain(self.instruction_chain, inst)
             if verdict.ok:
-                candidates.append(item)
+                out.candidates.append(item)
             else:
                 out.reject("filter", verdict.rule, verdict.reason, item)
-        out.accept("filter", len(candidates))
-        return candidates, out
+        out.accept("filter", len(out.candidates))
+        return out
 
     # -- classify --------------------------------------------------------------------------
     def classify_prompt(self, instruction: str) -> str | list[dict[str, str]]:
@@ -114,6 +124,17 @@ class Stages:
         verdict = parse_classification(c.text)
         return bool(verdict), "yes" if verdict else ("no" if verdict is False else "unclear")
 
+    def classify_outcome(self, task: dict[str, Any], c: Completion
+                         ) -> tuple[dict[str, Any], Outcome]:
+        """The task with its label, and the unit that records the answer."""
+        rid = classify_id(task["id"])
+        out = Outcome(responses=[response_record(rid, "classify", c)], key=rid,
+                      cached=[rid] if c.cached else [])
+        out.accept("classify")
+        is_cls, answer = self.classify_answer(c)
+        return {**task, "is_classification": is_cls,
+                "classify": {"model": c.model, "response_id": rid, "answer": answer}}, out
+
     # -- instances -------------------------------------------------------------------------
     def instance_mode(self, is_classification: bool) -> str:
         use_output_first = is_classification and not self.cfg.stages.instances.input_first_for_all
@@ -123,9 +144,11 @@ class Stages:
         mode = self.instance_mode(task["is_classification"])
         return self.templates[mode].render(instruction=task["instruction"])
 
-    def instance_outcome(self, task: dict[str, Any], response_id: str, c: Completion) -> Outcome:
+    def instance_outcome(self, task: dict[str, Any], c: Completion) -> Outcome:
         """Parse, filter and, if anything survives, build the final seed-schema record."""
-        out = Outcome(responses=[response_record(response_id, "instances", c)])
+        response_id = instances_id(task["id"])
+        out = Outcome(responses=[response_record(response_id, "instances", c)], key=response_id,
+                      cached=[response_id] if c.cached else [])
         mode = self.instance_mode(task["is_classification"])
         brief = {"id": task["id"], "instruction": task["instruction"],
                  "response_id": response_id}
@@ -144,7 +167,6 @@ class Stages:
         if not result.task_verdict.ok:
             out.reject("task", result.task_verdict.rule, result.task_verdict.reason, brief)
             return out
-        out.accept("task")
         out.dataset.append(task_record(task, result.kept, mode, response_id, c.model,
                                        [(v.rule, v.reason) for _, v in result.dropped]))
         return out

@@ -1,78 +1,158 @@
 """The writer actor: the only process that appends to the run directory's files.
 
-Every stage sends it what happened (passes per stage, rejections with reasons, raw responses,
-finished tasks), so the counts in run.json come from the same place as the files and always
-agree with them.
+Every stage sends it units of work (one LLM response and what came of it, or one pool
+decision batch). It commits them with the run log's protocol, keeps the counts that run.json
+reports (so counts and files always agree), and drops a unit whose response it already holds:
+an actor restarted by Ray may send the same work twice, and the dataset must not get it twice.
+Dataset lines are written in acceptance order, so a replayed run writes the same file.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-FILES = {"dataset": "dataset.jsonl", "rejected": "rejected.jsonl", "responses": "responses.jsonl"}
-
-
-def empty_counts() -> dict[str, Any]:
-    return {"in": 0, "accepted": 0, "rejected": 0, "reasons": {}}
+from actors.ids import task_of
+from actors.recovery import completion_of, load_state
+from actors.runlog import DATA_FILES, RunDirError, RunFiles, add_counts, read_committed, recover
+from actors.stages import Stages
 
 
 class Writer:
-    def __init__(self, out_dir: str, target: int) -> None:
+    def __init__(self, out_dir: str, target: int, stages: Stages) -> None:
+        # Fresh, resumed or restarted by Ray: the committed files say where things stand.
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        committed = recover(self.dir)
+        state = load_state(self.dir, committed)
+        self.files = RunFiles(self.dir)
         self.target = target
-        self.files = {k: open(self.dir / name, "a", encoding="utf-8")  # noqa: SIM115
-                      for k, name in FILES.items()}
-        self.stages: dict[str, dict[str, Any]] = {}
-        self.tasks = 0
-        self.usage: dict[str, dict[str, int]] = {}
+        self.counts: dict[str, Any] = committed.counts
+        self.usage: dict[str, Any] = committed.usage
+        self.keys = state.response_ids
+        self.tasks = committed.lines.get("dataset", 0)
+        self.rejection_seq = state.rejections
+        self.written = state.dataset_ids
+        self.failed_ids = set(state.failed_ids)
+        self.order = deque(t["id"] for t in state.accepted
+                           if t["id"] not in self.written and t["id"] not in self.failed_ids)
+        self.held: dict[str, dict[str, Any]] = {}
         self.started = time.time()
-        self.rejection_seq = 0
+        self.broken = ""
+        rebuilt = [{"dataset": stages.instance_outcome(task, completion_of(rec)).dataset}
+                   for task, rec in state.rebuild]
+        if rebuilt:
+            self.write(rebuilt)
 
-    def _stage(self, name: str) -> dict[str, Any]:
-        return self.stages.setdefault(name, empty_counts())
+    def write(self, units: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Commit a list of units; for each, whether it was new and, if not, what it was."""
+        if self.broken:
+            raise RunDirError(self.broken)
+        lines: dict[str, list[dict[str, Any]]] = {name: [] for name in DATA_FILES}
+        counts: dict[str, Any] = {}
+        usage: dict[str, Any] = {}
+        results, new_keys = [], set()
+        for unit in units:
+            key = unit.get("key")
+            if key and (key in self.keys or key in new_keys):
+                results.append(self._known(unit))
+                continue
+            if key:
+                new_keys.add(key)
+            results.append({"dup": False})
+            self._take(unit, lines, counts, usage)
+        self._flush_in_order(lines, counts, final=False)
+        if any(lines.values()) or counts:
+            try:
+                self.files.commit(lines, {"counts": counts, "usage": usage})
+            except RunDirError as exc:
+                self.broken = str(exc)
+                raise
+        add_counts(self.counts, counts)
+        add_counts(self.usage, usage)
+        self.keys |= new_keys
+        self.tasks += len(lines["dataset"])
+        return results
 
-    def write(self, batch: dict[str, Any]) -> int:
-        """Append one batch, flush and fsync it, update the counts; returns tasks written."""
-        for stage, n in batch.get("accepted", {}).items():
-            s = self._stage(stage)
+    def _known(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """What the first copy of a repeated unit produced, for the actor that repeated it."""
+        key = unit["key"]
+        if key.startswith("prop_"):
+            # Rare (a proposer restarted after committing): read the first copy back.
+            cands = [c for c in read_committed(self.dir, "candidates", 1 << 62)
+                     if c["response_id"] == key]
+            return {"dup": True, "candidates": cands}
+        tid = task_of(key)
+        return {"dup": True, "ok": tid in self.written or tid in self.held}
+
+    def _take(self, unit: dict[str, Any], lines: dict[str, list[dict[str, Any]]],
+              counts: dict[str, Any], usage: dict[str, Any]) -> None:
+        def stage(name: str) -> dict[str, Any]:
+            return counts.setdefault(name, {"in": 0, "accepted": 0, "rejected": 0, "reasons": {}})
+
+        for name, n in unit.get("accepted", {}).items():
+            s = stage(name)
             s["accepted"] += n
             s["in"] += n
-        for rec in batch.get("rejected", []):
-            s = self._stage(rec["stage"])
+        for rec in unit.get("rejected", []):
+            s = stage(rec["stage"])
             s["rejected"] += 1
             s["in"] += 1
             s["reasons"][rec["rule"]] = s["reasons"].get(rec["rule"], 0) + 1
             self.rejection_seq += 1
-            rec = {"id": f"rej_{self.rejection_seq:07d}", **rec, "time": round(time.time(), 3)}
-            self.files["rejected"].write(json.dumps(rec, ensure_ascii=False) + "\n")
-        now = round(time.time(), 3)
-        for rec in batch.get("responses", []):
-            rec = {**rec, "written_at": now}
-            u = self.usage.setdefault(f"{rec['stage']}:{rec['model']}",
-                                      {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
-            u["requests"] += 1
-            u["prompt_tokens"] += rec.get("prompt_tokens", 0)
-            u["completion_tokens"] += rec.get("completion_tokens", 0)
-            self.files["responses"].write(json.dumps(rec, ensure_ascii=False) + "\n")
-        for rec in batch.get("dataset", []):
-            rec = {**rec, "provenance": {**rec.get("provenance", {}), "written_at": now}}
-            self.tasks += 1
-            self.files["dataset"].write(json.dumps(rec, ensure_ascii=False) + "\n")
-        for fh in self.files.values():
-            fh.flush()
-            os.fsync(fh.fileno())
-        return self.tasks
+            lines["rejected"].append({"id": f"rej_{self.rejection_seq:07d}", **rec})
+            if rec["stage"] == "task":
+                self.failed_ids.add(rec["item"]["id"])
+        cached = set(unit.get("cached", []))
+        for rec in unit.get("responses", []):
+            u = usage.setdefault(f"{rec['stage']}:{rec['model']}", {})
+            for k, v in (("requests", 1), ("cache_hits", int(rec["id"] in cached)),
+                         ("prompt_tokens", rec.get("prompt_tokens", 0)),
+                         ("completion_tokens", rec.get("completion_tokens", 0))):
+                u[k] = u.get(k, 0) + v
+            lines["responses"].append(rec)
+        lines["candidates"] += unit.get("candidates", [])
+        for rec in unit.get("admitted", []):
+            lines["accepted"].append(rec)
+            self.order.append(rec["id"])
+        for rec in unit.get("dataset", []):
+            if rec["id"] not in self.written:
+                self.held[rec["id"]] = rec
+
+    def _flush_in_order(self, lines: dict[str, list[dict[str, Any]]], counts: dict[str, Any],
+                        final: bool) -> None:
+        """Move finished tasks to the dataset in acceptance order (all of them when final)."""
+        ready = []
+        while self.order and (self.order[0] in self.held or self.order[0] in self.failed_ids):
+            ready.append(self.order.popleft())
+        if final:
+            ready += [tid for tid in self.order if tid in self.held]
+            self.order = deque(tid for tid in self.order if tid not in self.held)
+        for tid in ready:
+            if tid in self.held:
+                lines["dataset"].append(self.held.pop(tid))
+                self.written.add(tid)
+        if lines["dataset"]:
+            task = counts.setdefault("task", {"in": 0, "accepted": 0, "rejected": 0,
+                                              "reasons": {}})
+            task["accepted"] += len(lines["dataset"])
+            task["in"] += len(lines["dataset"])
 
     def stats(self) -> dict[str, Any]:
-        return {"tasks": self.tasks, "target": self.target, "stages": self.stages,
-                "usage": self.usage, "elapsed_s": time.time() - self.started}
+        return {"tasks": self.tasks, "finished": self.tasks + len(self.held),
+                "target": self.target, "stages": self.counts, "usage": self.usage,
+                "elapsed_s": time.time() - self.started}
 
     def close(self) -> dict[str, Any]:
-        for fh in self.files.values():
-            fh.close()
+        """A stop: write every finished task, even those waiting on an earlier one."""
+        if self.held and not self.broken:
+            lines: dict[str, list[dict[str, Any]]] = {name: [] for name in DATA_FILES}
+            counts: dict[str, Any] = {}
+            self._flush_in_order(lines, counts, final=True)
+            self.files.commit(lines, {"counts": counts, "usage": {}})
+            add_counts(self.counts, counts)
+            self.tasks += len(lines["dataset"])
+        self.files.close()
         return self.stats()

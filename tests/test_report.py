@@ -47,12 +47,14 @@ def _run_dir(tmp_path):
     for k, (ins, inp, out, cls) in enumerate(TASKS):
         rows.append({"id": f"task_{k:06d}", "name": f"t{k}", "instruction": ins,
                      "instances": [{"input": inp, "output": out}], "is_classification": cls,
-                     "provenance": {"written_at": 1000.0 + k}})
+                     "provenance": {}})
     (run / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run / "responses.jsonl").write_text("".join(
-        json.dumps({"id": f"r{k}", "stage": "propose", "model": "m", "prompt_tokens": 10,
-                    "completion_tokens": 5, "written_at": 999.0 + k}) + "\n"
-        for k in range(3)))
+    # One commit with three responses' usage, then one per task written.
+    commits = [{"time": 999.0, "lines": {"responses": 3},
+                "usage": {"propose:m": {"prompt_tokens": 30, "completion_tokens": 15}}}]
+    commits += [{"time": 1000.0 + k, "lines": {"dataset": 1}, "usage": {}}
+                for k in range(len(rows))]
+    (run / "commits.jsonl").write_text("".join(json.dumps(c) + "\n" for c in commits))
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text(json.dumps({"id": "s0", "instruction": "Write a poem about the sea.",
                                  "instances": [{"input": "", "output": "x"}],

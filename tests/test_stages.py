@@ -26,20 +26,25 @@ def test_propose_prompt_is_the_papers():
 def test_propose_outcome_filters_and_counts():
     text = (" Explain how rainbows form in the sky.\n10. Describe the image above.\n"
             "11. Too short.\n12. Give three tips for saving money on groceries.")
-    cands, out = stages().propose_outcome("p0-1-0", SHOTS, Completion(text, "stop", "m"))
+    out = stages().propose_outcome(12, SHOTS, Completion(text, "stop", "m"))
+    cands = out.candidates
     assert [c["instruction"] for c in cands] == [
         "Explain how rainbows form in the sky.", "Give three tips for saving money on groceries."]
-    assert cands[0]["shots"] == [s.id for s in SHOTS] and cands[0]["response_id"] == "p0-1-0"
+    assert cands[0]["shots"] == [s.id for s in SHOTS] and cands[0]["response_id"] == "prop_0000012"
+    assert cands[0]["prompt"] == 12 and cands[0]["cid"] == "prop_0000012.0"
     assert sorted(r["rule"] for r in out.rejected) == ["keywords", "word_count"]
     assert out.accepted == {"propose": 1, "filter": 2}
-    assert out.responses[0]["id"] == "p0-1-0"
+    assert out.responses[0]["id"] == out.key == "prop_0000012"
+    assert out.cached == []
+    cached = stages().propose_outcome(12, SHOTS, Completion(text, "stop", "m", cached=True))
+    assert cached.cached == ["prop_0000012"] and "cached" not in cached.responses[0]
 
 
-def test_truncated_and_cancelled_responses_are_rejections():
-    _, out = stages().propose_outcome("r", SHOTS, Completion(" A task here now.", "length", "m"))
+def test_truncated_and_failed_responses_are_rejections():
+    out = stages().propose_outcome(1, SHOTS, Completion(" A task here now.", "length", "m"))
     assert out.rejected[0]["stage"] == "propose" and out.rejected[0]["rule"] == "truncated"
-    _, out = stages().propose_outcome("r", SHOTS, Completion("", "cancelled", "m"))
-    assert out.rejected[0]["rule"] == "cancelled"
+    out = stages().propose_outcome(1, SHOTS, Completion("", "error", "m", error="HTTP 500"))
+    assert out.rejected[0]["rule"] == "error" and out.rejected[0]["reason"] == "HTTP 500"
 
 
 def _task(is_cls):
@@ -50,8 +55,9 @@ def _task(is_cls):
 
 def test_instance_outcome_builds_the_seed_schema_record():
     text = "Class label: Positive\nInput: Great food.\nClass label: Negative\nInput: Cold soup."
-    out = stages().instance_outcome(_task(True), "i-1", Completion(text, "stop", "m"))
-    assert out.accepted == {"instances": 2, "task": 1}
+    out = stages().instance_outcome(_task(True), Completion(text, "stop", "m"))
+    assert out.accepted == {"instances": 2}  # the writer counts a task when it writes it
+    assert out.key == "i-task_000001"
     rec = out.dataset[0]
     assert rec["instances"] == [{"input": "Great food.", "output": "Positive"},
                                 {"input": "Cold soup.", "output": "Negative"}]
@@ -61,7 +67,7 @@ def test_instance_outcome_builds_the_seed_schema_record():
 
 
 def test_instance_outcome_rejects_a_task_with_nothing_left():
-    out = stages().instance_outcome(_task(False), "i-1",
+    out = stages().instance_outcome(_task(False),
                                     Completion("Input: same\nOutput: same", "stop", "m"))
     assert out.dataset == []
     assert [r["stage"] for r in out.rejected] == ["instances", "task"]
@@ -74,12 +80,19 @@ def test_chat_forms_render_messages():
     assert s.instance_prompt(_task(True))[-1]["content"].startswith("Task: Decide")
 
 
-def test_flow_checks_and_acceptance():
+def test_flow_checks_count_pending_work_and_acceptance():
     st = {"filter": {"in": 10, "accepted": 8, "rejected": 2, "reasons": {}},
-          "dedup": {"in": 8, "accepted": 3, "rejected": 5, "reasons": {"unprocessed": 2}},
-          "classify": {"in": 3, "accepted": 3, "rejected": 0, "reasons": {}},
-          "task": {"in": 3, "accepted": 2, "rejected": 1, "reasons": {}}}
-    assert all(flow_checks(st).values())
+          "dedup": {"in": 6, "accepted": 3, "rejected": 3, "reasons": {}},
+          "classify": {"in": 2, "accepted": 2, "rejected": 0, "reasons": {}},
+          "task": {"in": 1, "accepted": 1, "rejected": 0, "reasons": {}}}
+    pending = {"candidates": 2, "unclassified": 1, "classified": 1}
+    assert all(flow_checks(st, pending).values())
     assert acceptance(st)["dedup"] == 0.5
-    st["classify"]["in"] = 4
-    assert not flow_checks(st)["dedup_accepted_equals_classify_in"]
+    st["classify"]["in"] = 3
+    assert not flow_checks(st, pending)["dedup_accepted_equals_classify_in_plus_pending"]
+
+
+def test_classify_outcome_labels_and_records():
+    task, out = stages().classify_outcome(_task(None), Completion(" Yes", "stop", "m"))
+    assert task["is_classification"] is True and task["classify"]["answer"] == "yes"
+    assert out.key == "c-task_000001" and out.accepted == {"classify": 1}
