@@ -16,7 +16,8 @@ class LLMClient:
     """What a stage holds: its model's replicas, a cap on requests in flight, and the cache.
 
     With `replay_only` it never calls a model (there may be none): a request the cache does
-    not hold comes back as an error, recorded like any other.
+    not hold comes back 'uncached'. A proposal the replayed run never asked is simply not
+    asked (proposers skip it); a task's answer that is missing is recorded as an error.
     """
 
     replicas: list[Any]
@@ -41,7 +42,7 @@ class LLMClient:
             if (hit := self._cache.get(key)) is not None:
                 return hit
         if self.replay_only or not self.replicas:
-            return Completion("", "error", self.model,
+            return Completion("", "uncached", self.model,
                               error="not in the response cache, and cache.replay_only is set")
         async with self._sem:
             k = min(range(len(self.replicas)), key=self._outstanding.__getitem__)

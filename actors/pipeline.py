@@ -84,7 +84,7 @@ def check_out_dir(out: Path, resume: bool) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise RunError(describe_os_error(out, exc).split(". Every")[0]) from None
+        raise RunError(f"{out}: cannot write the run directory ({exc.strerror})") from None
     if not resume and any((out / f).exists() and (out / f).stat().st_size
                           for f in (COMMITS, *DATA_FILES.values())):
         raise RunError(f"{out}: already holds a run; add --resume to go on with it, or choose "

@@ -73,10 +73,8 @@ class Pool:
         self.prompts = Prompts(cfg.stages.propose.machine_shot_lag, state.prompts,
                                state.pending_candidates)
         self.board = Board()
-        for task in state.unclassified:
-            self.board.put("classify", task)
-        for task in state.classified:
-            self.board.put("instances", task)
+        for stage, task in state.open_tasks:  # in acceptance order
+            self.board.add(stage, task)
         self.done = state.succeeded
         self.failed = len(state.failed_ids)
         self.decided = state.decided
@@ -125,6 +123,7 @@ class Pool:
     async def take(self, worker: str, stage: str, n: int) -> list[dict[str, Any]]:
         """Lease up to n tasks waiting for `stage`; waits briefly when there are none."""
         for _ in range(10):
+            self.board.wake(self.target - self.done)
             tasks = self.board.take(worker, stage, n)
             if tasks or self.stopping:
                 return tasks
@@ -201,7 +200,7 @@ class Pool:
         # Committed before any stage can see the tasks, so no answer outruns its admission.
         await self.writer.write.remote([out.as_dict()])
         for task in admitted:
-            self.board.put("classify", task)
+            self.board.add("classify", task)
 
     def stop_admitting(self) -> None:
         self.admitting = False

@@ -49,7 +49,9 @@ class Proposer:
             for k, shots in issued])
         units = [self.stages.propose_outcome(k, shots, c)
                  for (k, shots), c in zip(issued, completions, strict=True)
-                 if c.finish_reason != "cancelled"]  # stopping: asked again on --resume
+                 # cancelled: the run is stopping (asked again on --resume); uncached: a replay
+                 # reached past what the recorded run asked
+                 if c.finish_reason not in ("cancelled", "uncached")]
         if not units:
             return
         results = await self.writer.write.remote([u.as_dict() for u in units])

@@ -46,6 +46,7 @@ class RunState:
     rebuild: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     unclassified: list[dict[str, Any]] = field(default_factory=list)
     classified: list[dict[str, Any]] = field(default_factory=list)
+    open_tasks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # stage, task
     rejections: int = 0
 
     def pending(self) -> dict[str, int]:
@@ -92,8 +93,10 @@ def load_state(run_dir: Path, committed: Committed) -> RunState:
         inst = responses.get(instances_id(tid))
         if cls is None:
             st.unclassified.append(task)
+            st.open_tasks.append(("classify", task))
         elif inst is None:
             st.classified.append(labelled(task, cls))
+            st.open_tasks.append(("instances", st.classified[-1]))
         else:  # answered and committed, its dataset line not yet written: rebuild it
             st.rebuild.append((labelled(task, cls), inst))
             st.succeeded += 1

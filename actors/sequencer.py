@@ -88,17 +88,35 @@ class Prompts:
 
 
 class Board:
-    """Admitted tasks waiting for a stage, and who holds which."""
+    """Admitted tasks waiting for a stage, and who holds which.
+
+    Tasks enter dormant and are woken in acceptance order, no more at a time than the target
+    still needs: a run resumed with a smaller target finishes the earliest pending tasks and
+    leaves the rest pending, rather than overshooting.
+    """
 
     STAGES = ("classify", "instances")
 
     def __init__(self) -> None:
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.dormant: deque[tuple[str, str]] = deque()
         self.queues: dict[str, deque[str]] = {s: deque() for s in self.STAGES}
         self.leases: dict[str, dict[str, str]] = {}  # worker -> task id -> stage
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    def add(self, stage: str, task: dict[str, Any]) -> None:
+        """A task newly admitted or found pending on resume; it waits dormant."""
+        self.tasks[task["id"]] = task
+        self.dormant.append((stage, task["id"]))
+
+    def wake(self, room: int) -> None:
+        """Let tasks into their stages until `room` are active."""
+        while self.dormant and len(self.tasks) - len(self.dormant) < room:
+            stage, tid = self.dormant.popleft()
+            if tid in self.tasks:
+                self.queues[stage].append(tid)
 
     def put(self, stage: str, task: dict[str, Any], front: bool = False) -> None:
         self.tasks[task["id"]] = task
@@ -149,5 +167,5 @@ class Board:
 
     def counts(self) -> dict[str, int]:
         leased = sum(len(h) for h in self.leases.values())
-        return {"outstanding": len(self.tasks), "leased": leased,
+        return {"outstanding": len(self.tasks), "dormant": len(self.dormant), "leased": leased,
                 **{f"waiting_{s}": len(q) for s, q in self.queues.items()}}

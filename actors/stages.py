@@ -94,7 +94,7 @@ class Stages:
                       cached=[response_id] if c.cached else [])
         base = {"response_id": response_id, "prompt": k, "shots": [s.id for s in shots],
                 "model": c.model}
-        if c.finish_reason in ("error", "cancelled"):
+        if c.finish_reason in ("error", "cancelled", "uncached"):
             out.reject("propose", c.finish_reason, c.error or "request did not complete", base)
             return out
         parsed = parse_instructions(c.text, c.truncated, self.cfg.stages.propose.capitalize)
@@ -152,7 +152,7 @@ class Stages:
         mode = self.instance_mode(task["is_classification"])
         brief = {"id": task["id"], "instruction": task["instruction"],
                  "response_id": response_id}
-        if c.finish_reason in ("error", "cancelled"):
+        if c.finish_reason in ("error", "cancelled", "uncached"):
             out.reject("task", c.finish_reason, c.error or "request did not complete", brief)
             return out
         parse = parse_output_first if mode == "instances_output_first" else parse_input_first

@@ -1,0 +1,129 @@
+"""Durability end to end: SIGKILL and resume, SIGINT, a killed actor, replay from the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runs import (
+    check_consistent,
+    check_finished,
+    config,
+    kill_session,
+    lines,
+    start,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
+    stdout, stderr = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def test_sigkill_at_random_points_then_resume_loses_and_repeats_nothing(tmp_path):
+    cfg, out, target = config(tmp_path), tmp_path / "run", 10
+    rng = random.Random(int(os.environ.get("KILL_SEED", "7")))
+    kills = []
+    for attempt in range(5):
+        proc = start(cfg, out, target, *(["--resume"] if attempt else []))
+        # Somewhere between Ray starting and the run being well under way.
+        delay = rng.uniform(8, 30)
+        time.sleep(delay)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        before = len(lines(out / "dataset.jsonl"))
+        kill_session(proc)
+        kills.append((round(delay, 1), before))
+    finish(proc := start(cfg, out, target, "--resume"))
+    run = check_finished(out, target)
+    assert run["resumes"] == 5
+    assert sum(1 for _ in (out / "events.jsonl").open() if '"run_start"' in _) == 6
+    # Every accepted instruction ended in the dataset or was rejected with a reason.
+    accepted = {a["id"] for a in lines(out / "accepted.jsonl")}
+    finished = {d["id"] for d in lines(out / "dataset.jsonl")} | {
+        r["item"]["id"] for r in lines(out / "rejected.jsonl") if r["stage"] == "task"}
+    assert accepted == finished, (kills, accepted - finished)
+    print("kills (seconds after start, tasks written before):", kills)
+
+
+def test_sigint_stops_gracefully_keeps_everything_and_resumes(tmp_path):
+    cfg, out = config(tmp_path), tmp_path / "run"
+    proc = start(cfg, out, 500)
+    wait_for(lambda: len(lines(out / "dataset.jsonl")) >= 2, 300, proc)
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    finish(proc, timeout=300)
+    stop_s = time.time() - sent
+    run = check_consistent(out)
+    assert run["status"] == "stopped" and run["stop_reason"] == "interrupted"
+    assert run["tasks"] >= 2 and stop_s < 90
+    # The stopped run goes on from where it was, with a new target.
+    finish(start(cfg, out, run["tasks"] + 1, "--resume"))
+    resumed = check_finished(out, run["tasks"] + 1)
+    assert resumed["resumes"] == 1
+
+
+def _actor_pids(name: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith(f"ray::{name}"):
+                pids.append(int(entry))
+    return pids
+
+
+def test_a_killed_instance_actor_is_restarted_and_the_run_finishes(tmp_path):
+    cfg, out, target = config(tmp_path), tmp_path / "run", 6
+    proc = start(cfg, out, target)
+    try:
+        # Once tasks are being classified, the instance actors hold leased work.
+        wait_for(lambda: any(r["stage"] == "classify" for r in lines(out / "responses.jsonl")),
+                 300, proc)
+        wait_for(lambda: _actor_pids("Instancer"), 60, proc)
+        victim = _actor_pids("Instancer")[0]
+        os.kill(victim, signal.SIGKILL)
+        finish(proc)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc)
+    run = check_finished(out, target)
+    assert sum(v for k, v in run["actor_restarts"].items() if k.startswith("instancer")) == 1
+    events = (out / "events.jsonl").read_text()
+    assert '"actor_died"' in events
+
+
+def test_replay_from_the_cache_without_a_model_writes_the_same_dataset(tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    first, replay = tmp_path / "first", tmp_path / "replay"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    finish(start(config(tmp_path / "a", cache={"enabled": True, "path": str(cache)}),
+                 first, 5))
+    check_finished(first, 5)
+    # No model is started at all: any request the cache lacks could not be answered.
+    out = finish(start(config(tmp_path / "b", cache={"enabled": True, "path": str(cache),
+                                                     "replay_only": True}), replay, 5))
+    run = check_finished(replay, 5)
+    assert json.loads(out)["tasks"] == 5
+    for stage, u in run["usage"].items():
+        assert u["cache_hits"] == u["requests"], stage  # not one call reached a model
+    for name in ("dataset.jsonl", "accepted.jsonl"):
+        assert (replay / name).read_bytes() == (first / name).read_bytes(), name
+    # The replay asked nothing the first run did not; what it asked came back the same.
+    recorded = {r["id"]: r for r in lines(first / "responses.jsonl")}
+    for r in lines(replay / "responses.jsonl"):
+        assert recorded[r["id"]] == r
