@@ -7,6 +7,7 @@ stages from the front so that everything already paid for is either written or r
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from actors import logs
@@ -89,6 +91,19 @@ def check_out_dir(out: Path, resume: bool) -> None:
                           for f in (COMMITS, *DATA_FILES.values())):
         raise RunError(f"{out}: already holds a run; add --resume to go on with it, or choose "
                        f"a new --out directory")
+
+
+def lock_run_dir(out: Path) -> Any:
+    """One run per directory: a second `run` (or `--resume`) on it while this one lives fails
+    at once instead of interleaving its writes with ours. The lock dies with the process."""
+    fh = (out / ".lock").open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise RunError(f"{out}: another run is using this directory; wait for it to stop, or "
+                       f"stop it (Ctrl-C or `ray job stop`)") from None
+    return fh
 
 
 def flow_checks(stages: dict[str, dict[str, Any]], pending: dict[str, int]) -> dict[str, bool]:
@@ -164,6 +179,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     templates = load_templates(cfg)
     method = fingerprint(cfg, [t.path for t in templates.values()])
     check_out_dir(out, resume)
+    lock = lock_run_dir(out)  # noqa: F841 - held until this function returns
     earlier = check_resume(out, method) if resume else {}
     committed = recover(out)  # a torn or half-written batch from a crash is cut here
     log = logs.configure(out / "events.jsonl", console=True)
@@ -187,7 +203,10 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
         return client_for(cfg, stage, replicas[getattr(cfg.stages, stage).model], cache_path)
 
     cand_q = Queue(maxsize=cfg.queues.candidates, actor_options={"num_cpus": 0})
-    actor = ray.remote(num_cpus=0, max_restarts=3)
+    # The writer and the pool read and write the run directory: on the driver's node, where
+    # --out is (object-store output is the cluster issue's).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0, max_restarts=3, scheduling_strategy=here)
     writer = actor(Writer).remote(str(out), target, stage_logic)
     pool = actor(Pool).remote(cfg, seeds, target, cand_q, writer, str(out))
     stage_actor = ray.remote(num_cpus=0, **RESTARTABLE)
@@ -214,8 +233,14 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
         while True:
             try:
                 stats = ray.get(writer.stats.remote())
-            except RayActorError as exc:
-                failure = f"writer failed: {exc}"
+            except RayActorError as exc:  # Ray restarts it; it recovers from the files
+                restarts["writer"] = restarts.get("writer", 0) + 1
+                log.warning("actor_died", actor="writer", restarts=restarts["writer"],
+                            error=str(exc).splitlines()[0][:300])
+                if restarts["writer"] <= 3:
+                    time.sleep(1.0)
+                    continue
+                failure = f"writer died {restarts['writer']} times: {exc}"
                 flag.reason = "failed"
                 break
             if time.time() >= next_log:

@@ -163,3 +163,13 @@ def test_a_stop_writes_finished_tasks_even_out_of_order(tmp_path):
     assert [r["id"] for r in lines(tmp_path / "dataset.jsonl")] == [b["id"]]
     st = load_state(tmp_path, recover(tmp_path))
     assert [t["id"] for t in st.unclassified] == [a["id"]] and st.rebuild == []
+
+
+def test_one_run_at_a_time_per_directory(tmp_path):
+    from actors.pipeline import RunError, lock_run_dir
+
+    held = lock_run_dir(tmp_path)
+    with pytest.raises(RunError, match="another run is using this directory"):
+        lock_run_dir(tmp_path)
+    held.close()
+    lock_run_dir(tmp_path).close()
