@@ -179,5 +179,8 @@ class LocalModelWorker:
 def start_local_replicas(conf: LocalModel, name: str) -> list[ray.actor.ActorHandle]:
     """One model actor per core (or `replicas`), each reserving a CPU for its single thread."""
     replicas = conf.replicas or max(1, int(ray.available_resources().get("CPU", os.cpu_count())))
-    cls = ray.remote(num_cpus=conf.threads, max_concurrency=1000)(LocalModelWorker)
+    # A replica that dies is restarted and the requests it held are sent again (a completion
+    # is safe to repeat: the writer keeps one copy of its result).
+    cls = ray.remote(num_cpus=conf.threads, max_concurrency=1000, max_restarts=3,
+                     max_task_retries=2)(LocalModelWorker)
     return [cls.remote(conf) for _ in range(replicas)]

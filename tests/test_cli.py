@@ -1,3 +1,5 @@
+import json
+
 from actors.cli import main
 from tests.conftest import ROOT
 
@@ -20,3 +22,25 @@ def test_validate_names_the_key(tmp_path, capsys):
 def test_run_rejects_bad_target(capsys):
     assert main(["run", str(ROOT / "pipeline.yaml"), "--target", "0"]) == 2
     assert "--target must be at least 1" in capsys.readouterr().err
+
+
+def test_resume_with_a_changed_method_is_refused_before_anything_starts(tmp_path, capsys):
+    from actors.config import load_config
+    from actors.pipeline import load_templates
+    from actors.resume import fingerprint
+
+    cfg = load_config(ROOT / "pipeline.yaml")
+    cfg.stages.instances.max_tokens = 500
+    method = fingerprint(cfg, [t.path for t in load_templates(cfg).values()])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "stopped", "method": method}))
+    (run / "dataset.jsonl").write_text('{"id": "task_000000"}\n')
+    assert main(["run", str(ROOT / "pipeline.yaml"), "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume with a different method" in err
+    assert "stages.instances.max_tokens: was 500, now 300" in err
+    assert (run / "dataset.jsonl").read_text() == '{"id": "task_000000"}\n'  # untouched
+    assert main(["run", str(ROOT / "pipeline.yaml"), "--out", str(tmp_path / "new"),
+                 "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
