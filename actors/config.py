@@ -31,6 +31,8 @@ class LocalModel(Strict):
     threads: int = Field(1, ge=1)
     n_ctx: int = Field(2048, ge=256)
     cache_mb: int = Field(1024, ge=0, description="RAM prefix cache per instance; 0: off")
+    resources: dict[str, float] = Field(default_factory=dict,
+                                        description="custom Ray resources per instance")
     name: str = Field("SmolLM2-135M-Instruct-Q4_1", description="model name in provenance")
 
 
@@ -161,9 +163,26 @@ class Dedup(Strict):
     max_neighbours: int = Field(10, ge=0)
 
 
+class ActorResources(Strict):
+    """What one actor asks Ray for; custom resources pin kinds of actors to kinds of nodes."""
+
+    num_cpus: float = Field(0, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict, description="custom resources")
+
+    def options(self) -> dict[str, Any]:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                **({"resources": self.resources} if self.resources else {})}
+
+
 class Actors(Strict):
     proposers: int = Field(2, ge=1)
     instancers: int = Field(2, ge=1)
+    spread: bool = Field(True, description="place proposers and instance actors on as many "
+                         "nodes as possible (Ray's SPREAD strategy)")
+    proposer: ActorResources = Field(default_factory=ActorResources)
+    classifier: ActorResources = Field(default_factory=ActorResources)
+    instancer: ActorResources = Field(default_factory=ActorResources)
 
 
 class Queues(Strict):

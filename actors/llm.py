@@ -182,5 +182,7 @@ def start_local_replicas(conf: LocalModel, name: str) -> list[ray.actor.ActorHan
     # A replica that dies is restarted and the requests it held are sent again (a completion
     # is safe to repeat: the writer keeps one copy of its result).
     cls = ray.remote(num_cpus=conf.threads, max_concurrency=1000, max_restarts=3,
-                     max_task_retries=2)(LocalModelWorker)
+                     max_task_retries=2, scheduling_strategy="SPREAD",
+                     **({"resources": conf.resources} if conf.resources else {}))(
+                         LocalModelWorker)
     return [cls.remote(conf) for _ in range(replicas)]

@@ -209,16 +209,18 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     actor = ray.remote(num_cpus=0, max_restarts=3, scheduling_strategy=here)
     writer = actor(Writer).remote(str(out), target, stage_logic)
     pool = actor(Pool).remote(cfg, seeds, target, cand_q, writer, str(out))
-    stage_actor = ray.remote(num_cpus=0, **RESTARTABLE)
+    a = cfg.actors
+    spread = {"scheduling_strategy": "SPREAD"} if a.spread else {}
     workers: dict[str, Any] = {"pool": pool}
-    for i in range(cfg.actors.proposers):
-        workers[f"proposer-{i}"] = stage_actor(Proposer).remote(
-            f"proposer-{i}", stage_logic, client("propose"), pool, cand_q, writer)
-    workers["classifier"] = stage_actor(Classifier).remote(
-        "classifier", stage_logic, client("classify"), pool, writer)
-    for i in range(cfg.actors.instancers):
-        workers[f"instancer-{i}"] = stage_actor(Instancer).remote(
-            f"instancer-{i}", stage_logic, client("instances"), pool, writer)
+    for i in range(a.proposers):
+        workers[f"proposer-{i}"] = ray.remote(**a.proposer.options(), **spread, **RESTARTABLE)(
+            Proposer).remote(f"proposer-{i}", stage_logic, client("propose"), pool, cand_q,
+                             writer)
+    workers["classifier"] = ray.remote(**a.classifier.options(), **RESTARTABLE)(
+        Classifier).remote("classifier", stage_logic, client("classify"), pool, writer)
+    for i in range(a.instancers):
+        workers[f"instancer-{i}"] = ray.remote(**a.instancer.options(), **spread, **RESTARTABLE)(
+            Instancer).remote(f"instancer-{i}", stage_logic, client("instances"), pool, writer)
     loops = {name: handle.run.remote() for name, handle in workers.items()}
 
     flag = _StopFlag()

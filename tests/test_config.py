@@ -67,3 +67,13 @@ def test_missing_files(tmp_path):
         load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="seeds.0: file not found"):
         parse_config({"seeds": ["nope.jsonl"]}, "x.yaml", tmp_path)
+
+
+def test_actor_resources_become_ray_options():
+    from actors.config import Pipeline
+
+    cfg = Pipeline.model_validate({"actors": {"instancer": {"num_gpus": 0.5,
+                                                            "resources": {"gpu_node": 1}}}})
+    assert cfg.actors.instancer.options() == {"num_cpus": 0, "num_gpus": 0.5,
+                                              "resources": {"gpu_node": 1}}
+    assert cfg.actors.proposer.options() == {"num_cpus": 0, "num_gpus": 0}
