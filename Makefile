@@ -12,7 +12,7 @@ OUT ?= runs/latest
 $(BIN)/selfinstruct: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,report]"
+	$(BIN)/pip install --quiet -e ".[dev,report,cloud]"
 	touch $@
 
 install: $(BIN)/selfinstruct

@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray.exceptions import RayActorError
+
 from actors.cache import ResponseCache, cache_key
 from actors.config import Pipeline
 from actors.llm import Completion, Request
@@ -29,6 +31,7 @@ class LLMClient:
     _outstanding: list[int] = field(default_factory=list)
     _sem: asyncio.Semaphore | None = None
     _cache: ResponseCache | None = None
+    _lost: set[int] = field(default_factory=set)
 
     async def complete(self, req: Request) -> Completion:
         if self._sem is None:
@@ -45,12 +48,20 @@ class LLMClient:
             return Completion("", "uncached", self.model,
                               error="not in the response cache, and cache.replay_only is set")
         async with self._sem:
-            k = min(range(len(self.replicas)), key=self._outstanding.__getitem__)
-            self._outstanding[k] += 1
-            try:
-                c = await self.replicas[k].complete.remote(req, self.stage)
-            finally:
-                self._outstanding[k] -= 1
+            while True:
+                live = [i for i in range(len(self.replicas)) if i not in self._lost]
+                if not live:
+                    return Completion("", "error", self.model, error="every model replica is gone")
+                k = min(live, key=self._outstanding.__getitem__)
+                self._outstanding[k] += 1
+                try:
+                    c = await self.replicas[k].complete.remote(req, self.stage)
+                    break
+                except RayActorError:
+                    # Its process or node is gone: the others take its requests from now on.
+                    self._lost.add(k)
+                finally:
+                    self._outstanding[k] -= 1
         if self._cache is not None:
             self._cache.put(key, c)
         return c

@@ -179,10 +179,9 @@ class LocalModelWorker:
 def start_local_replicas(conf: LocalModel, name: str) -> list[ray.actor.ActorHandle]:
     """One model actor per core (or `replicas`), each reserving a CPU for its single thread."""
     replicas = conf.replicas or max(1, int(ray.available_resources().get("CPU", os.cpu_count())))
-    # A replica that dies is restarted and the requests it held are sent again (a completion
-    # is safe to repeat: the writer keeps one copy of its result).
-    cls = ray.remote(num_cpus=conf.threads, max_concurrency=1000, max_restarts=3,
-                     max_task_retries=2, scheduling_strategy="SPREAD",
+    # No restarts: a replica whose process or node is lost is dropped by the clients, which send
+    # its requests to the others (a restart could wait forever for a CPU on a lost node).
+    cls = ray.remote(num_cpus=conf.threads, max_concurrency=1000, scheduling_strategy="SPREAD",
                      **({"resources": conf.resources} if conf.resources else {}))(
                          LocalModelWorker)
     return [cls.remote(conf) for _ in range(replicas)]

@@ -34,6 +34,7 @@ from actors.pool import Pool
 from actors.prompts import load_template
 from actors.proposer import Proposer
 from actors.recovery import load_state
+from actors.remote import Mirror, is_remote, staging_dir
 from actors.resume import check_resume, fingerprint
 from actors.runlog import COMMITS, DATA_FILES, describe_os_error, recover
 from actors.seeds import load_seeds
@@ -91,6 +92,20 @@ def check_out_dir(out: Path, resume: bool) -> None:
                           for f in (COMMITS, *DATA_FILES.values())):
         raise RunError(f"{out}: already holds a run; add --resume to go on with it, or choose "
                        f"a new --out directory")
+
+
+def prepare_remote(mirror: Mirror, local: Path, resume: bool) -> None:
+    """A run directory on object storage: check it, then build this node's working copy."""
+    mirror.check_writable()
+    if not resume and mirror.has_run():
+        raise RunError(f"{mirror.uri}: already holds a run; add --resume to go on with it, or "
+                       f"choose a new --out")
+    if not resume:
+        (local / "events.jsonl").unlink(missing_ok=True)
+    mirror.pull(local)
+    (local / "run.json").unlink(missing_ok=True)
+    if (text := mirror.read_text("run.json")) is not None:
+        (local / "run.json").write_text(text)
 
 
 def lock_run_dir(out: Path) -> Any:
@@ -172,14 +187,18 @@ RESTARTABLE = {"max_restarts": 5, "max_task_retries": 0}
 def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None = None,
                  progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Run the whole method until `target` tasks are written; returns what run.json holds."""
-    out = Path(out_dir or cfg.run.out).resolve()
+    uri = out_dir or cfg.run.out
+    mirror = Mirror(uri) if is_remote(uri) else None
+    out = staging_dir(uri) if mirror else Path(uri).resolve()  # where this node works
     target = target or cfg.run.target
-    cfg.run.out, cfg.run.target = str(out), target
+    cfg.run.out, cfg.run.target = uri if mirror else str(out), target
     seeds = load_all_seeds(cfg)
     templates = load_templates(cfg)
     method = fingerprint(cfg, [t.path for t in templates.values()])
-    check_out_dir(out, resume)
+    check_out_dir(out, resume or mirror is not None)  # a remote run is checked on its store
     lock = lock_run_dir(out)  # noqa: F841 - held until this function returns
+    if mirror:
+        prepare_remote(mirror, out, resume)
     earlier = check_resume(out, method) if resume else {}
     committed = recover(out)  # a torn or half-written batch from a crash is cut here
     log = logs.configure(out / "events.jsonl", console=True)
@@ -187,10 +206,12 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     resumes = earlier.get("resumes", -1) + 1
     log.info("run_start", out=str(out), target=target, seeds=len(seeds), resumed=resume,
              tasks=committed.lines.get("dataset", 0))
-    base = {"status": "running", "target": target, "out": str(out), "resumes": resumes,
+    base = {"status": "running", "target": target, "out": cfg.run.out, "resumes": resumes,
             "method": method, "seeds": len(seeds), "versions": versions(),
             "config": cfg.model_dump()}
     write_run_json(out, {**base, "timings": {"started": started}})
+    if mirror:
+        mirror.put_file(out / "run.json")
 
     _init_ray(cfg)
     stage_logic = Stages(cfg, templates)
@@ -202,12 +223,13 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     def client(stage: str) -> Any:
         return client_for(cfg, stage, replicas[getattr(cfg.stages, stage).model], cache_path)
 
-    cand_q = Queue(maxsize=cfg.queues.candidates, actor_options={"num_cpus": 0})
     # The writer and the pool read and write the run directory: on the driver's node, where
-    # --out is (object-store output is the cluster issue's).
+    # --out is; the candidate queue too, so losing another node loses none of them.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    cand_q = Queue(maxsize=cfg.queues.candidates,
+                   actor_options={"num_cpus": 0, "scheduling_strategy": here})
     actor = ray.remote(num_cpus=0, max_restarts=3, scheduling_strategy=here)
-    writer = actor(Writer).remote(str(out), target, stage_logic)
+    writer = actor(Writer).remote(str(out), target, stage_logic, mirror.uri if mirror else None)
     pool = actor(Pool).remote(cfg, seeds, target, cand_q, writer, str(out))
     a = cfg.actors
     spread = {"scheduling_strategy": "SPREAD"} if a.spread else {}
@@ -316,6 +338,8 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
         "pool": pool_stats,
     }
     write_run_json(out, summary)
+    if mirror:
+        mirror.publish(out)  # dataset.jsonl, run.json, ... beside the segments
     log.info("run_end", status=status, tasks=stats["tasks"], pending=pending,
              wall_s=summary["timings"]["wall_s"])
     for handle in [*workers.values(), writer, *[r for rs in replicas.values() for r in rs],

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ray.exceptions import RayActorError
 from ray.util.queue import Empty
 
 from actors.config import Pipeline
@@ -55,22 +56,31 @@ def prompts_wanted(rates: Rates, capacity: int, outstanding: int, backlog: int,
 class Pool:
     def __init__(self, cfg: Pipeline, seeds: list[dict[str, Any]], target: int,
                  candidates: Any, writer: Any, out_dir: str) -> None:
-        d = cfg.dedup
+        self.cfg = cfg
+        self.seeds = seeds
+        self.target = target
+        self.dir = Path(out_dir)
+        self.candidates, self.writer = candidates, writer
+        self.stopping = False
+        self.admitting = True
+        self._exited: asyncio.Event | None = None
+        self._load()
+
+    def _load(self) -> None:
+        """Everything from the committed files (a fresh run, a resume, a restart)."""
+        d = self.cfg.dedup
         self.index = RougeIndex(d.threshold, d.keep_at_threshold, d.neighbour_floor,
                                 d.max_neighbours)
-        self.human = [Shot(s["id"], s["instruction"]) for s in seeds]
-        for s in seeds:
+        self.human = [Shot(s["id"], s["instruction"]) for s in self.seeds]
+        for s in self.seeds:
             self.index.add(s["id"], s["instruction"])
-        state = load_state(Path(out_dir), recover(Path(out_dir), truncate=False))
+        state = load_state(self.dir, recover(self.dir, truncate=False))
         self.machine: list[Shot] = []
         self.machine_prompt: list[int] = []  # the prompt each machine task came from
         for task in state.accepted:  # in acceptance order, so later decisions are the same
             self.index.add(task["id"], task["instruction"])
             self._add_shot(task)
-        self.cfg = cfg
-        self.target = target
-        self.candidates, self.writer = candidates, writer
-        self.prompts = Prompts(cfg.stages.propose.machine_shot_lag, state.prompts,
+        self.prompts = Prompts(self.cfg.stages.propose.machine_shot_lag, state.prompts,
                                state.pending_candidates)
         self.board = Board()
         for stage, task in state.open_tasks:  # in acceptance order
@@ -81,9 +91,6 @@ class Pool:
         self.kept = len(state.accepted)
         self.received = state.candidates
         self.prompts_done = len(state.prompts)
-        self.stopping = False
-        self.admitting = True
-        self._exited: asyncio.Event | None = None
 
     def _add_shot(self, task: dict[str, Any]) -> None:
         self.machine.append(Shot(task["id"], task["instruction"]))
@@ -198,7 +205,14 @@ class Pool:
         out.accept("dedup", len(admitted))
         out.admitted = admitted
         # Committed before any stage can see the tasks, so no answer outruns its admission.
-        await self.writer.write.remote([out.as_dict()])
+        try:
+            await self.writer.write.remote([out.as_dict()])
+        except RayActorError:
+            # The writer died, so whether this batch was committed is unknown: wait for Ray to
+            # restart it, then start again from what the files say.
+            await self.writer.stats.remote()
+            self._load()
+            return
         for task in admitted:
             self.board.add("classify", task)
 

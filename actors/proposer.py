@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from actors.client import LLMClient
+from actors.consumer import survive_restarts
 from actors.ids import prompt_number
 from actors.llm import make_request
 from actors.stages import Stages
@@ -34,7 +35,7 @@ class Proposer:
 
     async def run(self) -> int:
         while not self.stopping:
-            await self._step()
+            await survive_restarts(self._step())
         return self.steps
 
     async def _step(self) -> None:

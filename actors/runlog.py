@@ -147,8 +147,9 @@ class RunFiles:
         self.files = {name: open(run_dir / fname, "ab", buffering=0)  # noqa: SIM115
                       for name, fname in {**DATA_FILES, "commits": COMMITS}.items()}
 
-    def commit(self, lines: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> None:
-        """Append and fsync the lines, then the commit that vouches for them.
+    def commit(self, lines: dict[str, list[dict[str, Any]]], meta: dict[str, Any],
+               when: float | None = None) -> dict[str, Any]:
+        """Append and fsync the lines, then the commit that vouches for them; returns it.
 
         On a write error every file is cut back to where it was, so the files stay exactly
         what the commits say, and the error names the file and what to do.
@@ -163,9 +164,10 @@ class RunFiles:
                 _append(self.files[name], b"".join(
                     json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in recs))
             current = "commits"
-            record = {"time": round(time.time(), 3),
+            record = {"time": round(time.time(), 3) if when is None else when,
                       "lines": {k: len(v) for k, v in lines.items() if v}, **meta}
             _append(self.files["commits"], json.dumps(record).encode() + b"\n")
+            return record
         except OSError as exc:
             for name, fh in self.files.items():
                 try:

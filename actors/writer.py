@@ -16,16 +16,24 @@ from typing import Any
 
 from actors.ids import task_of
 from actors.recovery import completion_of, load_state
+from actors.remote import Mirror
 from actors.runlog import DATA_FILES, RunDirError, RunFiles, add_counts, read_committed, recover
 from actors.stages import Stages
 
 
 class Writer:
-    def __init__(self, out_dir: str, target: int, stages: Stages) -> None:
+    def __init__(self, out_dir: str, target: int, stages: Stages,
+                 mirror_uri: str | None = None) -> None:
         # Fresh, resumed or restarted by Ray: the committed files say where things stand.
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.mirror = Mirror(mirror_uri) if mirror_uri else None
         committed = recover(self.dir)
+        if self.mirror and committed.batches != len(self.mirror.segments()):
+            # Restarted after a batch was committed here but never stored: the store wins.
+            self.mirror.pull(self.dir)
+            committed = recover(self.dir)
+        self.batches = committed.batches
         state = load_state(self.dir, committed)
         self.files = RunFiles(self.dir)
         self.target = target
@@ -66,7 +74,7 @@ class Writer:
         self._flush_in_order(lines, counts, final=False)
         if any(lines.values()) or counts:
             try:
-                self.files.commit(lines, {"counts": counts, "usage": usage})
+                self._commit(lines, {"counts": counts, "usage": usage})
             except RunDirError as exc:
                 self.broken = str(exc)
                 raise
@@ -75,6 +83,13 @@ class Writer:
         self.keys |= new_keys
         self.tasks += len(lines["dataset"])
         return results
+
+    def _commit(self, lines: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> None:
+        """Here first, then (for a remote run directory) on the store, where it counts."""
+        record = self.files.commit(lines, meta)
+        self.batches += 1
+        if self.mirror:
+            self.mirror.push_segment(self.batches, lines, record)
 
     def _known(self, unit: dict[str, Any]) -> dict[str, Any]:
         """What the first copy of a repeated unit produced, for the actor that repeated it."""
@@ -151,7 +166,7 @@ class Writer:
             lines: dict[str, list[dict[str, Any]]] = {name: [] for name in DATA_FILES}
             counts: dict[str, Any] = {}
             self._flush_in_order(lines, counts, final=True)
-            self.files.commit(lines, {"counts": counts, "usage": {}})
+            self._commit(lines, {"counts": counts, "usage": {}})
             add_counts(self.counts, counts)
             self.tasks += len(lines["dataset"])
         self.files.close()

@@ -59,13 +59,15 @@ def start(cfg: Path, out: Path, target: int, *extra: str) -> subprocess.Popen:
 
 
 def session_pids(sid: int) -> list[int]:
+    """Live processes of a session (a zombie is dead already, waiting to be reaped)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.getsid(int(entry)) == sid:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if os.getsid(int(entry)) == sid and stat.rsplit(")", 1)[1].split()[0] != "Z":
                     pids.append(int(entry))
-            except OSError:
+            except (OSError, IndexError):
                 pass
     return pids
 
