@@ -16,21 +16,22 @@ class Classifier(StageWorker):
 
     def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any,
                  writer: Any) -> None:
-        super().__init__(name, pool, writer, stages.cfg.queues.batch_size)
-        self.stages, self.client = stages, client
+        super().__init__(name, pool, writer, client, stages.cfg.queues.batch_size)
+        self.stages = stages
         self.conf = stages.cfg.stages.classify
 
     async def handle(self, batch: list[dict[str, Any]]) -> None:
-        completions = await asyncio.gather(*[
-            self.client.complete(make_request(
-                self.stages.classify_prompt(task["instruction"]), self.conf, seed=0))
+        answers = await asyncio.gather(*[
+            self.client.complete_parsed(make_request(
+                self.stages.classify_prompt(task["instruction"]), self.conf, seed=0),
+                self.stages.classify_problem)
             for task in batch])
         units, labelled, undone = [], [], []
-        for task, c in zip(batch, completions, strict=True):
+        for task, (c, retried) in zip(batch, answers, strict=True):
             if c.finish_reason == "cancelled":  # the run is stopping: pending for --resume
                 undone.append(task["id"])
                 continue
-            task, out = self.stages.classify_outcome(task, c)
+            task, out = self.stages.classify_outcome(task, c, retried)
             units.append(out.as_dict())
             labelled.append(task)
         if units:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from typing import Any
 
 from actors.config import ConfigError, load_config
 from actors.dedup import DedupInputError
@@ -28,8 +30,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from actors.pipeline import run_pipeline
 
     cfg = load_config(args.config)
+    if args.dry_run:
+        return _dry_run(cfg, args)
     summary = run_pipeline(cfg, out_dir=args.out, target=args.target,
-                           progress=not args.no_progress, resume=args.resume)
+                           progress=not args.no_progress, resume=args.resume,
+                           max_cost=args.max_cost)
     counts = summary["counts"]
     print(json.dumps({"status": summary["status"], "stop_reason": summary["stop_reason"],
                       "tasks": summary["tasks"], "out": summary["out"],
@@ -41,6 +46,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.get("failure"):
         print(f"error: {summary['failure']}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
+    from actors.estimate import Rates, estimate, observed_rates, render
+    from actors.pipeline import load_all_seeds, load_templates
+
+    rates = observed_rates(args.rates_from) if args.rates_from else Rates()
+    if args.latency:
+        rates = dataclasses.replace(rates, latency_s=args.latency)
+    est = estimate(cfg, args.target or cfg.run.target, load_templates(cfg), load_all_seeds(cfg),
+                   rates)
+    print(render(est))
+    print(json.dumps(est, indent=2))
+    budget = args.max_cost or cfg.run.max_cost
+    if budget is not None and est["cost_usd"] > budget:
+        print(f"note: the estimate is over the budget of ${budget}; the run would stop there",
+              file=sys.stderr)
     return 0
 
 
@@ -169,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="go on with the run in --out where it stopped (same method config)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--max-cost", type=float, metavar="USD",
+                     help="stop gracefully once the run has spent this much (run.max_cost)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="estimate requests, tokens, cost and time for the target; send nothing")
+    run.add_argument("--rates-from", metavar="RUN_DIR",
+                     help="with --dry-run: use the funnel and token figures of an earlier run")
+    run.add_argument("--latency", type=float, metavar="S",
+                     help="with --dry-run: seconds per request for the time estimate")
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="check a pipeline.yaml, its seeds and prompts")

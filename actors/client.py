@@ -1,42 +1,129 @@
-"""What a stage holds to ask a model: replicas, a cap on requests in flight, the cache."""
+"""What a stage holds to ask a model: a backend (the embedded model's replicas, or an API behind
+the gate), a cap on its own requests in flight, the response cache and parse retries."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.exceptions import RayActorError
 
 from actors.cache import ResponseCache, cache_key
-from actors.config import Pipeline
-from actors.llm import Completion, Request
+from actors.config import ApiModel, Pipeline
+from actors.limits import cost_usd
+from actors.llm import Attempt, Completion, Request
+from actors.providers import ApiProvider, Secret, make_provider
+
+BUDGET_REACHED = "budget reached (run.max_cost): asked again on --resume with a larger budget"
+
+
+def estimate_tokens(prompt: str | list[dict[str, str]]) -> int:
+    """A deliberately high guess of a prompt's tokens (3 characters each), for reservations:
+    the gate refunds the difference once the API reports the real count."""
+    text = prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
+    return math.ceil(len(text) / 3) + 8
+
+
+@dataclass
+class LocalBackend:
+    """The embedded model's replicas: least-loaded first, a lost replica's share to the rest."""
+
+    replicas: list[Any]
+    stage: str
+    model: str
+    _outstanding: list[int] = field(default_factory=list)
+    _lost: set[int] = field(default_factory=set)
+
+    def bind(self, holder: str) -> None:
+        pass
+
+    async def complete(self, req: Request) -> Completion:
+        if not self._outstanding:
+            self._outstanding = [0] * len(self.replicas)
+        while True:
+            live = [i for i in range(len(self.replicas)) if i not in self._lost]
+            if not live:
+                return Completion("", "error", self.model, error="every model replica is gone")
+            k = min(live, key=self._outstanding.__getitem__)
+            self._outstanding[k] += 1
+            try:
+                return await self.replicas[k].complete.remote(req, self.stage)
+            except RayActorError:
+                self._lost.add(k)  # its process or node is gone: the others take its requests
+            finally:
+                self._outstanding[k] -= 1
+
+
+@dataclass
+class ApiBackend:
+    """An API model: every request waits for the gate's grant (cluster-wide limits and budget),
+    then goes through the provider's SDK; the gate hears what it cost and any 429."""
+
+    conf: ApiModel
+    key_name: str                   # the model's key under `models:`, the gate's name for it
+    api_key: Secret | None
+    gate: Any
+    prefixes: tuple[str, ...] = ()
+    holder: str = ""
+    _provider: ApiProvider | None = None
+
+    def bind(self, holder: str) -> None:
+        """The actor that holds this backend (re)started: slots of its earlier life are free."""
+        self.holder = holder
+        self.gate.lost.remote(holder)
+
+    def _throttled(self, retry_after: float | None) -> None:
+        self.gate.throttled.remote(self.key_name, retry_after)
+
+    async def complete(self, req: Request) -> Completion:
+        if self._provider is None:  # built in the actor's process: SDK clients do not travel
+            self._provider = make_provider(self.conf, self.api_key, self._throttled,
+                                           self.prefixes)
+        grant = await self.gate.acquire.remote(self.key_name, self.holder,
+                                               estimate_tokens(req.prompt), req.max_tokens)
+        if grant is None:
+            return Completion("", "cancelled", self.conf.label, error=BUDGET_REACHED)
+        c = await self._provider.complete(req)
+        cost = cost_usd(self.conf.price, c.prompt_tokens, c.completion_tokens,
+                        c.cache_read_tokens, c.cache_write_tokens)
+        self.gate.settle.remote(self.key_name, grant, {
+            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "cache_read_tokens": c.cache_read_tokens,
+            "cache_write_tokens": c.cache_write_tokens}, c.error)
+        return dataclasses.replace(c, cost_usd=cost)
 
 
 @dataclass
 class LLMClient:
-    """What a stage holds: its model's replicas, a cap on requests in flight, and the cache.
+    """What a stage holds: its backend, a cap on requests in flight, and the cache.
 
     With `replay_only` it never calls a model (there may be none): a request the cache does
     not hold comes back 'uncached'. A proposal the replayed run never asked is simply not
     asked (proposers skip it); a task's answer that is missing is recorded as an error.
     """
 
-    replicas: list[Any]
+    backend: LocalBackend | ApiBackend | None
     max_in_flight: int = 16
     stage: str = "propose"
     model: str = ""
     cache_path: str | None = None
     replay_only: bool = False
-    _outstanding: list[int] = field(default_factory=list)
+    parse_retries: int = 0
     _sem: asyncio.Semaphore | None = None
     _cache: ResponseCache | None = None
-    _lost: set[int] = field(default_factory=set)
+
+    def bind(self, holder: str) -> None:
+        if self.backend is not None:
+            self.backend.bind(holder)
 
     async def complete(self, req: Request) -> Completion:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.max_in_flight)
-            self._outstanding = [0] * len(self.replicas)
             if self.cache_path:
                 self._cache = ResponseCache(self.cache_path)
         key = ""
@@ -44,31 +131,47 @@ class LLMClient:
             key = cache_key(self.model, req)
             if (hit := self._cache.get(key)) is not None:
                 return hit
-        if self.replay_only or not self.replicas:
+        if self.replay_only or self.backend is None:
             return Completion("", "uncached", self.model,
                               error="not in the response cache, and cache.replay_only is set")
         async with self._sem:
-            while True:
-                live = [i for i in range(len(self.replicas)) if i not in self._lost]
-                if not live:
-                    return Completion("", "error", self.model, error="every model replica is gone")
-                k = min(live, key=self._outstanding.__getitem__)
-                self._outstanding[k] += 1
-                try:
-                    c = await self.replicas[k].complete.remote(req, self.stage)
-                    break
-                except RayActorError:
-                    # Its process or node is gone: the others take its requests from now on.
-                    self._lost.add(k)
-                finally:
-                    self._outstanding[k] -= 1
+            start = time.perf_counter()
+            c = await self.backend.complete(req)
+            if not c.latency_s:
+                c = dataclasses.replace(c, latency_s=time.perf_counter() - start)
         if self._cache is not None:
             self._cache.put(key, c)
         return c
 
+    async def complete_parsed(self, req: Request, problem: Callable[[Completion], str]
+                              ) -> tuple[Completion, list[Attempt]]:
+        """Ask, and ask again (with another seed) while `problem` finds the answer unusable,
+        at most `parse_retries` times; the last answer is the stage's to record."""
+        retried: list[Attempt] = []
+        c = await self.complete(req)
+        # The embedded model at temperature 0 would give the same answer again.
+        retries = 0 if isinstance(self.backend, LocalBackend) and not req.temperature \
+            else self.parse_retries
+        while (why := problem(c)) and len(retried) < retries:
+            retried.append(Attempt(c, why))
+            seed = ((req.seed or 0) + 7919 * len(retried)) & 0x7FFFFFFF
+            c = await self.complete(dataclasses.replace(req, seed=seed))
+        return c, retried
 
-def client_for(cfg: Pipeline, stage: str, replicas: list[Any], cache_path: str | None
-               ) -> LLMClient:
+
+def client_for(cfg: Pipeline, stage: str, replicas: dict[str, list[Any]], gate: Any,
+               keys: dict[str, Secret | None], cache_path: str | None,
+               prefixes: tuple[str, ...] = ()) -> LLMClient:
+    """The client a stage's actors get, for the model the config names for that stage."""
     conf = getattr(cfg.stages, stage)
-    return LLMClient(replicas, conf.max_in_flight, stage, cfg.models[conf.model].name,
-                     cache_path if cfg.cache.enabled else None, cfg.cache.replay_only)
+    model = cfg.models[conf.model]
+    backend: LocalBackend | ApiBackend | None
+    if cfg.cache.replay_only:
+        backend = None
+    elif isinstance(model, ApiModel):
+        backend = ApiBackend(model, conf.model, keys.get(conf.model), gate, prefixes)
+    else:
+        backend = LocalBackend(replicas[conf.model], stage, model.label)
+    return LLMClient(backend, conf.max_in_flight, stage, model.label,
+                     cache_path if cfg.cache.enabled else None, cfg.cache.replay_only,
+                     conf.parse_retries)

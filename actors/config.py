@@ -8,10 +8,18 @@ never fails an hour in on a typo.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -35,6 +43,94 @@ class LocalModel(Strict):
                                         description="custom Ray resources per instance")
     name: str = Field("SmolLM2-135M-Instruct-Q4_1", description="model name in provenance")
 
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+class Limits(Strict):
+    """One provider's limits for one model, enforced across the whole cluster."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    input_tokens_per_minute: int | None = Field(None, ge=1)
+    output_tokens_per_minute: int | None = Field(
+        None, ge=1, description="reserved at max_tokens per request, refunded from usage")
+    max_in_flight: int = Field(64, ge=1, description="requests in flight, cluster-wide")
+
+
+class Price(Strict):
+    """USD per million tokens. Cache prices default to Anthropic's ratios to the input price."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+    cache_read_per_mtok: float | None = Field(None, ge=0, description="null: 0.1 x input")
+    cache_write_per_mtok: float | None = Field(None, ge=0, description="null: 1.25 x input")
+
+    @property
+    def cache_read(self) -> float:
+        return self.input_per_mtok * 0.1 if self.cache_read_per_mtok is None \
+            else self.cache_read_per_mtok
+
+    @property
+    def cache_write(self) -> float:
+        return self.input_per_mtok * 1.25 if self.cache_write_per_mtok is None \
+            else self.cache_write_per_mtok
+
+
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+DROPPABLE = Literal["temperature", "top_p", "presence_penalty", "frequency_penalty", "seed",
+                    "stop"]
+
+
+class ApiModel(Strict):
+    """A model behind an API: Anthropic, OpenAI, or any OpenAI-compatible server by base_url.
+
+    The key is read from the environment variable `api_key_env` names, in the process that
+    sends the requests; it is never in the YAML, in run.json or in a log line.
+    """
+
+    provider: Literal["openai", "openai_compatible", "anthropic"]
+    model: str = Field(description="the API's model id")
+    name: str | None = Field(None, description="model name in provenance; null: `model`")
+    base_url: str | None = Field(None, description="null: the provider's public endpoint")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the key; null: OPENAI_API_KEY or "
+        "ANTHROPIC_API_KEY (an openai_compatible server needs none)")
+    timeout_s: float = Field(120.0, gt=0, description="per HTTP attempt")
+    max_retries: int = Field(4, ge=0, description="transport retries, the SDK's own")
+    fail_after: int = Field(25, ge=1, description="this many failed requests in a row (after "
+                            "retries) mean the provider is down: the run stops, resumable")
+    limits: Limits = Field(default_factory=Limits)
+    price: Price = Field(default_factory=Price)
+    prompt_cache: bool = Field(True, description="anthropic: cache the fixed few-shot prefixes")
+    drop_params: list[DROPPABLE] = Field(
+        default_factory=list, description="decoding parameters this model rejects")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> ApiModel:
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise ValueError("an openai_compatible model needs base_url (for example "
+                             "http://localhost:8000/v1)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+    @property
+    def key_env(self) -> str | None:
+        return self.api_key_env or DEFAULT_KEY_ENV.get(self.provider)
+
+
+def _model_kind(value: Any) -> str:
+    provider = value.get("provider", "local") if isinstance(value, dict) else value.provider
+    return "local" if provider == "local" else "api"
+
+
+MODEL_KINDS = ("local", "api")
+Model = Annotated[Annotated[LocalModel, Tag("local")] | Annotated[ApiModel, Tag("api")],
+                  Discriminator(_model_kind)]
+
 
 class Decoding(Strict):
     model: str = "local"
@@ -46,6 +142,8 @@ class Decoding(Strict):
     frequency_penalty: float = 0.0
     stop: list[str] = Field(default_factory=list)
     max_in_flight: int = Field(16, ge=1, description="requests this stage keeps in flight")
+    parse_retries: int = Field(
+        2, ge=0, description="asks again when a response cannot be parsed, then records it")
 
     @model_validator(mode="after")
     def _ranges(self) -> Decoding:
@@ -195,6 +293,8 @@ class Run(Strict):
     out: str = "runs/latest"
     seed: int = 0
     max_minutes: float | None = Field(None, gt=0, description="stop after this long")
+    max_cost: float | None = Field(None, gt=0, description="USD for the whole run directory; "
+                                   "reached: a graceful stop")
 
 
 class Cache(Strict):
@@ -212,7 +312,7 @@ class Pipeline(Strict):
     seeds: list[str] = Field(default_factory=lambda: ["seeds/seed_tasks.jsonl"])
     prompts_dir: str = "prompts"
     run: Run = Field(default_factory=Run)
-    models: dict[str, LocalModel] = Field(default_factory=lambda: {"local": LocalModel()})
+    models: dict[str, Model] = Field(default_factory=lambda: {"local": LocalModel()})
     stages: Stages = Field(default_factory=Stages)
     filters: Filters = Field(default_factory=Filters)
     dedup: Dedup = Field(default_factory=Dedup)
@@ -233,7 +333,10 @@ class Pipeline(Strict):
 
 
 def _format_error(source: str, err: dict[str, Any]) -> str:
-    path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    loc = list(err["loc"])
+    if len(loc) > 2 and loc[0] == "models" and loc[2] in MODEL_KINDS:
+        del loc[2]  # the union's tag, not a key the user wrote
+    path = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{source}: {path}: unknown key (check its spelling or remove it)"
     if err["type"] == "missing":
@@ -265,7 +368,8 @@ def parse_config(data: Any, source: str, base: Path) -> Pipeline:
     if not resolve_path(base, cfg.prompts_dir).is_dir():
         problems.append(f"{source}: prompts_dir: folder not found: "
                         f"{resolve_path(base, cfg.prompts_dir)}")
-    for name, model in cfg.models.items():
+    local = {name: m for name, m in cfg.models.items() if isinstance(m, LocalModel)}
+    for name, model in local.items():
         if model.path and not resolve_path(base, model.path).is_file():
             problems.append(f"{source}: models.{name}.path: GGUF file not found: "
                             f"{resolve_path(base, model.path)}")
@@ -276,7 +380,7 @@ def parse_config(data: Any, source: str, base: Path) -> Pipeline:
     cfg.prompts_dir = str(resolve_path(base, cfg.prompts_dir).resolve())
     if cfg.cache.path:
         cfg.cache.path = str(resolve_path(base, cfg.cache.path).resolve())
-    for model in cfg.models.values():
+    for model in local.values():
         if model.path:
             model.path = str(resolve_path(base, model.path).resolve())
     return cfg

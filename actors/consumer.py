@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable
 from typing import Any
 
@@ -28,21 +29,31 @@ async def survive_restarts(step: Awaitable[None]) -> None:
         await asyncio.sleep(1.0)
 
 
+async def run_loops(n: int, worker: Any) -> None:
+    """n copies of a worker's step loop, so one actor keeps up to n batches in flight (an
+    API answers many requests at once; one batch at a time would leave it idle)."""
+    async def loop() -> None:
+        while not worker.stopping:
+            await survive_restarts(worker._step())
+
+    await asyncio.gather(*[loop() for _ in range(max(1, n))])
+
+
 class StageWorker:
     stage = ""
 
-    def __init__(self, name: str, pool: Any, writer: Any, batch_size: int) -> None:
-        self.name, self.pool, self.writer = name, pool, writer
+    def __init__(self, name: str, pool: Any, writer: Any, client: Any, batch_size: int) -> None:
+        self.name, self.pool, self.writer, self.client = name, pool, writer, client
         self.batch_size = batch_size
         self.stopping = False
         pool.lost.remote(name)
+        client.bind(name)
 
     def stop(self) -> None:
         self.stopping = True
 
     async def run(self) -> None:
-        while not self.stopping:
-            await survive_restarts(self._step())
+        await run_loops(math.ceil(self.client.max_in_flight / self.batch_size), self)
 
     async def _step(self) -> None:
         batch = await self.pool.take.remote(self.name, self.stage, self.batch_size)

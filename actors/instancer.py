@@ -16,22 +16,23 @@ class Instancer(StageWorker):
 
     def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any,
                  writer: Any) -> None:
-        super().__init__(name, pool, writer, stages.cfg.queues.batch_size)
-        self.stages, self.client = stages, client
+        super().__init__(name, pool, writer, client, stages.cfg.queues.batch_size)
+        self.stages = stages
         self.conf = stages.cfg.stages.instances
 
     async def handle(self, batch: list[dict[str, Any]]) -> None:
-        completions = await asyncio.gather(*[
-            self.client.complete(make_request(self.stages.instance_prompt(task), self.conf,
-                                              seed=0))
+        answers = await asyncio.gather(*[
+            self.client.complete_parsed(
+                make_request(self.stages.instance_prompt(task), self.conf, seed=0),
+                lambda c, task=task: self.stages.instance_problem(task, c))
             for task in batch])
         done, outs, undone = [], [], []
-        for task, c in zip(batch, completions, strict=True):
+        for task, (c, retried) in zip(batch, answers, strict=True):
             if c.finish_reason == "cancelled":  # the run is stopping: pending for --resume
                 undone.append(task["id"])
                 continue
             done.append(task["id"])
-            outs.append(self.stages.instance_outcome(task, c))
+            outs.append(self.stages.instance_outcome(task, c, retried))
         if outs:
             results = await self.writer.write.remote([o.as_dict() for o in outs])
             # A repeated unit (this actor restarted) settles as its first copy did.

@@ -12,7 +12,7 @@ import asyncio
 import heapq
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,22 @@ class Completion:
     latency_s: float = 0.0
     error: str = ""
     cached: bool = False            # served from the response cache, not by the model
+    cache_read_tokens: int = 0      # prompt tokens the provider served from its prompt cache
+    cache_write_tokens: int = 0     # prompt tokens written to it (Anthropic)
+    cost_usd: float = 0.0
+    faults: dict[str, int] = field(default_factory=dict)  # HTTP attempts that failed, by kind
 
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A response that was asked again because it could not be parsed."""
+
+    completion: Completion
+    problem: str
 
 
 def default_gguf() -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
@@ -27,18 +27,21 @@ from tqdm import tqdm
 from actors import logs
 from actors.classifier import Classifier
 from actors.client import client_for
-from actors.config import Pipeline
+from actors.config import ApiModel, Pipeline
+from actors.gate import Gate
 from actors.instancer import Instancer
 from actors.llm import start_local_replicas
 from actors.pool import Pool
-from actors.prompts import load_template
+from actors.prompts import Template, load_template
 from actors.proposer import Proposer
+from actors.providers import Secret
 from actors.recovery import load_state
 from actors.remote import Mirror, is_remote, staging_dir
 from actors.resume import check_resume, fingerprint
 from actors.runlog import COMMITS, DATA_FILES, describe_os_error, recover
 from actors.seeds import load_seeds
 from actors.stages import Stages
+from actors.usage import spent_usd, summarize
 from actors.writer import Writer
 
 STAGE_ORDER = ["propose", "filter", "dedup", "classify", "task", "instances"]
@@ -65,6 +68,40 @@ def load_templates(cfg: Pipeline) -> dict[str, Any]:
     """Every template the config needs, loaded before anything starts."""
     return {name: load_template(cfg.prompts_dir, name, getattr(cfg.stages, stage).mode)
             for name, stage in TEMPLATE_STAGES.items()}
+
+
+def used_models(cfg: Pipeline) -> dict[str, Any]:
+    return {name: cfg.models[name] for name in dict.fromkeys(
+        getattr(cfg.stages, s).model for s in ("propose", "classify", "instances"))}
+
+
+def api_keys(cfg: Pipeline) -> dict[str, Secret | None]:
+    """Each API model's key from the environment variable its config names, read once here so a
+    missing key fails before anything starts. The error names the variable, never a value."""
+    keys: dict[str, Secret | None] = {}
+    for name, model in used_models(cfg).items():
+        if not isinstance(model, ApiModel):
+            continue
+        env_name = model.key_env
+        if env_name is None:  # an OpenAI-compatible server without authentication
+            keys[name] = None
+        elif os.environ.get(env_name):
+            keys[name] = Secret(os.environ[env_name])
+        elif cfg.cache.replay_only:
+            keys[name] = None
+        else:
+            raise RunError(f"models.{name}: the environment variable {env_name} is not set; "
+                           f"export the {model.provider} API key there (keys are never read "
+                           f"from the YAML), or name another variable in models.{name}."
+                           f"api_key_env")
+    return keys
+
+
+def cache_prefixes(templates: dict[str, Template], stage: str) -> tuple[str, ...]:
+    """The fixed text in front of each completion template's first placeholder: what a
+    provider with prompt caching can cache for this stage."""
+    return tuple(t.fixed_prefix for name, t in templates.items()
+                 if TEMPLATE_STAGES[name] == stage and t.fixed_prefix)
 
 
 def load_all_seeds(cfg: Pipeline) -> list[dict[str, Any]]:
@@ -182,18 +219,22 @@ def _init_ray(cfg: Pipeline) -> None:
 
 
 RESTARTABLE = {"max_restarts": 5, "max_task_retries": 0}
+UNAVAILABLE_LIMIT_S = 300  # an actor still unreachable this long after it first was stops the run
 
 
 def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None = None,
-                 progress: bool = True, resume: bool = False) -> dict[str, Any]:
+                 progress: bool = True, resume: bool = False,
+                 max_cost: float | None = None) -> dict[str, Any]:
     """Run the whole method until `target` tasks are written; returns what run.json holds."""
     uri = out_dir or cfg.run.out
     mirror = Mirror(uri) if is_remote(uri) else None
     out = staging_dir(uri) if mirror else Path(uri).resolve()  # where this node works
     target = target or cfg.run.target
     cfg.run.out, cfg.run.target = uri if mirror else str(out), target
+    cfg.run.max_cost = max_cost or cfg.run.max_cost
     seeds = load_all_seeds(cfg)
     templates = load_templates(cfg)
+    keys = api_keys(cfg)
     method = fingerprint(cfg, [t.path for t in templates.values()])
     check_out_dir(out, resume or mirror is not None)  # a remote run is checked on its store
     lock = lock_run_dir(out)  # noqa: F841 - held until this function returns
@@ -215,17 +256,21 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
 
     _init_ray(cfg)
     stage_logic = Stages(cfg, templates)
-    used = {cfg.stages.propose.model, cfg.stages.classify.model, cfg.stages.instances.model}
-    replicas = {name: [] if cfg.cache.replay_only else start_local_replicas(m, name)
-                for name, m in cfg.models.items() if name in used}
+    used = used_models(cfg)
+    replicas = {name: start_local_replicas(m, name) for name, m in used.items()
+                if not isinstance(m, ApiModel) and not cfg.cache.replay_only}
     cache_path = cfg.cache.path or str(out / "cache.sqlite")
-
-    def client(stage: str) -> Any:
-        return client_for(cfg, stage, replicas[getattr(cfg.stages, stage).model], cache_path)
-
-    # The writer and the pool read and write the run directory: on the driver's node, where
+    # The writer, the pool and the gate keep the run's state: on the driver's node, where
     # --out is; the candidate queue too, so losing another node loses none of them.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    api = {name: m for name, m in used.items() if isinstance(m, ApiModel)}
+    gate = ray.remote(num_cpus=0, max_restarts=3, scheduling_strategy=here)(Gate).remote(
+        api, cfg.run.max_cost, spent_usd(committed.usage)) if api else None
+
+    def client(stage: str) -> Any:
+        return client_for(cfg, stage, replicas, gate, keys, cache_path,
+                          cache_prefixes(templates, stage))
+
     cand_q = Queue(maxsize=cfg.queues.candidates,
                    actor_options={"num_cpus": 0, "scheduling_strategy": here})
     actor = ray.remote(num_cpus=0, max_restarts=3, scheduling_strategy=here)
@@ -252,6 +297,8 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                disable=not progress, file=sys.stderr, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0)
     failure, restarts = "", dict.fromkeys(workers, 0)
+    retry_at: dict[str, float] = {}
+    unavailable: dict[str, float] = {}
     next_log = time.time()
     try:
         while True:
@@ -275,18 +322,40 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
             bar.n = stats["tasks"]
             rejected = sum(s["rejected"] for s in stats["stages"].values())
             rate = stats["tasks"] / max(time.time() - started, 1e-9) * 60
-            bar.set_postfix(rejected=rejected, per_min=f"{rate:.1f}", refresh=False)
+            spent = spent_usd(stats["usage"])
+            bar.set_postfix(rejected=rejected, per_min=f"{rate:.1f}",
+                            **({"cost": f"${spent:.4f}"} if api else {}), refresh=False)
             bar.update(0)
             if stats["tasks"] >= target:
                 flag.reason = flag.reason or "target_reached"
+            if gate is not None:
+                gstats = ray.get(gate.stats.remote())
+                if gstats["budget_exhausted"]:
+                    flag.reason = flag.reason or "max_cost"
+                for name, why in gstats["dead"].items():
+                    failure = f"models.{name}: provider unreachable or refusing: {why}"
+                    log.error("provider_down", model=name, error=why)
+                    flag.reason = "failed"
             if deadline and time.time() > deadline:
                 flag.reason = flag.reason or "time_limit"
+            for name, when in list(retry_at.items()):
+                if time.time() >= when:
+                    loops[name] = workers[name].run.remote()
+                    del retry_at[name]
             finished, _ = ray.wait(list(loops.values()), timeout=0)
             for ref in finished:
                 name = next(k for k, v in loops.items() if v == ref)
                 try:
                     ray.get(ref)
                     failure = f"{name} stopped unexpectedly"
+                except ActorUnavailableError as exc:
+                    # Its node or process is down and Ray is bringing it back: try again soon.
+                    since = unavailable.setdefault(name, time.time())
+                    if time.time() - since < UNAVAILABLE_LIMIT_S:
+                        del loops[name]
+                        retry_at[name] = time.time() + 2.0
+                        continue
+                    failure = f"{name} still unavailable after {UNAVAILABLE_LIMIT_S} s: {exc}"
                 except RayActorError as exc:
                     # The process died (killed, out of memory, node lost): Ray restarts the
                     # actor; its leased work goes back to the pool; start its loop again.
@@ -294,7 +363,8 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                     log.warning("actor_died", actor=name, restarts=restarts[name],
                                 error=str(exc).splitlines()[0][:300])
                     if restarts[name] <= RESTARTABLE["max_restarts"]:
-                        loops[name] = workers[name].run.remote()
+                        del loops[name]
+                        retry_at[name] = time.time() + 1.0
                         continue
                     failure = f"{name} died {restarts[name]} times: {exc}"
                 except Exception as exc:  # an actor's loop raised: stop and report why
@@ -314,10 +384,8 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     ended = time.time()
     state = load_state(out, recover(out, truncate=False))
     pending = state.pending()
-    try:
-        pool_stats = ray.get(pool.stats.remote(), timeout=30)
-    except Exception:  # noqa: BLE001 - the pool's figures are informative only
-        pool_stats = {}
+    pool_stats = _informative(pool.stats)
+    gate_stats = _informative(gate.stats) if gate is not None else {}
     status = {"target_reached": "completed", "failed": "failed"}.get(flag.reason, "stopped")
     summary = {
         **base,
@@ -334,6 +402,9 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
         "acceptance": acceptance(stats["stages"]),
         "checks": flow_checks(stats["stages"], pending),
         "usage": stats["usage"],
+        **summarize(stats["usage"], {m.label: m.price for m in api.values()}),
+        "budget": {"max_usd": cfg.run.max_cost, "spent_usd": round(spent_usd(stats["usage"]), 6)},
+        "limits": gate_stats.get("models", {}),
         "actor_restarts": {k: v for k, v in restarts.items() if v},
         "pool": pool_stats,
     }
@@ -343,9 +414,17 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     log.info("run_end", status=status, tasks=stats["tasks"], pending=pending,
              wall_s=summary["timings"]["wall_s"])
     for handle in [*workers.values(), writer, *[r for rs in replicas.values() for r in rs],
-                   cand_q.actor]:
+                   cand_q.actor, *([gate] if gate is not None else [])]:
         ray.kill(handle)
     return summary
+
+
+def _informative(method: Any) -> dict[str, Any]:
+    """An actor's figures for run.json; the files are the truth, so a failure leaves it out."""
+    try:
+        return ray.get(method.remote(), timeout=30)
+    except Exception:  # noqa: BLE001
+        return {}
 
 
 def _shutdown(workers: dict[str, Any], writer: Any, replicas: dict[str, list[Any]],

@@ -38,6 +38,15 @@ class Template:
         sources = [self.text] + [content for _, content in self.messages]
         return {name for s in sources for name in _PLACEHOLDER.findall(s)}
 
+    @property
+    def fixed_prefix(self) -> str:
+        """A completion template's text before its first placeholder (the same in every
+        prompt, so a provider can cache it); '' for chat templates."""
+        if self.mode != "completion":
+            return ""
+        found = _PLACEHOLDER.search(self.text)
+        return self.text[:found.start()] if found else self.text
+
     def render(self, **values: str) -> str | list[Message]:
         missing = self.placeholders - values.keys()
         if missing:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from actors.client import LLMClient
-from actors.consumer import survive_restarts
+from actors.consumer import run_loops
 from actors.ids import prompt_number
 from actors.llm import make_request
 from actors.stages import Stages
@@ -29,13 +30,13 @@ class Proposer:
         self.steps = 0
         self.seed = stages.cfg.run.seed
         pool.lost.remote(name)  # prompts an earlier life of this actor held are asked again
+        client.bind(name)
 
     def stop(self) -> None:
         self.stopping = True
 
     async def run(self) -> int:
-        while not self.stopping:
-            await survive_restarts(self._step())
+        await run_loops(math.ceil(self.client.max_in_flight / self.conf.prompts_per_call), self)
         return self.steps
 
     async def _step(self) -> None:
@@ -44,12 +45,13 @@ class Proposer:
             await asyncio.sleep(0.2)
             return
         self.steps += 1
-        completions = await asyncio.gather(*[
-            self.client.complete(make_request(self.stages.propose_prompt(shots), self.conf,
-                                              seed=propose_seed(self.seed, k)))
+        answers = await asyncio.gather(*[
+            self.client.complete_parsed(
+                make_request(self.stages.propose_prompt(shots), self.conf,
+                             seed=propose_seed(self.seed, k)), self.stages.propose_problem)
             for k, shots in issued])
-        units = [self.stages.propose_outcome(k, shots, c)
-                 for (k, shots), c in zip(issued, completions, strict=True)
+        units = [self.stages.propose_outcome(k, shots, c, retried)
+                 for (k, shots), (c, retried) in zip(issued, answers, strict=True)
                  # cancelled: the run is stopping (asked again on --resume); uncached: a replay
                  # reached past what the recorded run asked
                  if c.finish_reason not in ("cancelled", "uncached")]

@@ -61,6 +61,8 @@ def load_state(run_dir: Path, committed: Committed) -> RunState:
     responses: dict[str, dict[str, Any]] = {}
     for rec in read_committed(run_dir, "responses", n.get("responses", 0)):
         st.response_ids.add(rec["id"])
+        if rec.get("retry_of"):  # an unparseable answer asked again: the last one counts
+            continue
         if rec["stage"] == "propose":
             st.prompts.add(prompt_number(rec["id"]))
         elif rec["stage"] in ("classify", "instances"):

@@ -6,6 +6,7 @@ becomes lives here and is unit-tested without Ray or a model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from actors.filters import (
     filter_task_instances,
 )
 from actors.ids import classify_id, instances_id, prompt_id
-from actors.llm import Completion
+from actors.llm import Attempt, Completion
 from actors.parsing import (
     parse_classification,
     parse_input_first,
@@ -66,11 +67,35 @@ class Outcome:
                 "cached": self.cached}
 
 
+UNDONE = ("error", "cancelled", "uncached")  # answers that carry no model text
+
+
 def response_record(response_id: str, stage: str, c: Completion) -> dict[str, Any]:
+    extra = {"cache_read_tokens": c.cache_read_tokens, "cache_write_tokens": c.cache_write_tokens,
+             "cost_usd": c.cost_usd, "faults": c.faults, "error": c.error}
     return {"id": response_id, "stage": stage, "model": c.model, "text": c.text,
             "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens, "latency_s": round(c.latency_s, 4),
-            **({"error": c.error} if c.error else {})}
+            **{k: v for k, v in extra.items() if v}}
+
+
+def response_records(response_id: str, stage: str, c: Completion,
+                     retried: Sequence[Attempt] = ()) -> list[dict[str, Any]]:
+    """The answer used, after the answers asked again because they could not be parsed (kept:
+    they were paid for, and they count as `unparseable` faults)."""
+    out = []
+    for n, a in enumerate(retried, start=1):
+        rec = response_record(f"{response_id}~{n}", stage, a.completion)
+        faults = {**rec.get("faults", {})}
+        faults["unparseable"] = faults.get("unparseable", 0) + 1
+        out.append({**rec, "faults": faults, "retry_of": response_id, "parse_error": a.problem})
+    return [*out, response_record(response_id, stage, c)]
+
+
+def looks_like_text(text: str) -> bool:
+    """Mostly letters: what any language model's answer is, and symbol soup is not."""
+    visible = [ch for ch in text if not ch.isspace()]
+    return bool(visible) and sum(ch.isalpha() for ch in visible) >= 0.5 * len(visible)
 
 
 class Stages:
@@ -87,14 +112,24 @@ class Stages:
     def propose_prompt(self, shots: list[Shot]) -> str | list[dict[str, str]]:
         return self.templates["propose"].render(shots=number_shots([s.instruction for s in shots]))
 
-    def propose_outcome(self, k: int, shots: list[Shot], c: Completion) -> Outcome:
+    def propose_problem(self, c: Completion) -> str:
+        """Why a proposal response is unusable and worth asking again ('' if it is usable).
+        A response cut off by the length limit is not: the method drops it whole."""
+        if c.finish_reason in UNDONE or c.truncated:
+            return ""
+        if parse_instructions(c.text, False).dropped_reason:
+            return "no instruction in the response"
+        return "" if looks_like_text(c.text) else "the response is not text"
+
+    def propose_outcome(self, k: int, shots: list[Shot], c: Completion,
+                        retried: Sequence[Attempt] = ()) -> Outcome:
         """Parse prompt k's response and run the instruction filters; candidates go to dedup."""
         response_id = prompt_id(k)
-        out = Outcome(responses=[response_record(response_id, "propose", c)], key=response_id,
-                      cached=[response_id] if c.cached else [])
+        out = Outcome(responses=response_records(response_id, "propose", c, retried),
+                      key=response_id, cached=[response_id] if c.cached else [])
         base = {"response_id": response_id, "prompt": k, "shots": [s.id for s in shots],
                 "model": c.model}
-        if c.finish_reason in ("error", "cancelled", "uncached"):
+        if c.finish_reason in UNDONE:
             out.reject("propose", c.finish_reason, c.error or "request did not complete", base)
             return out
         parsed = parse_instructions(c.text, c.truncated, self.cfg.stages.propose.capitalize)
@@ -124,11 +159,18 @@ class Stages:
         verdict = parse_classification(c.text)
         return bool(verdict), "yes" if verdict else ("no" if verdict is False else "unclear")
 
-    def classify_outcome(self, task: dict[str, Any], c: Completion
-                         ) -> tuple[dict[str, Any], Outcome]:
-        """The task with its label, and the unit that records the answer."""
+    @staticmethod
+    def classify_problem(c: Completion) -> str:
+        if c.finish_reason in UNDONE or parse_classification(c.text) is not None:
+            return ""
+        return f"neither Yes nor No: {c.text[:40]!r}"
+
+    def classify_outcome(self, task: dict[str, Any], c: Completion,
+                         retried: Sequence[Attempt] = ()) -> tuple[dict[str, Any], Outcome]:
+        """The task with its label, and the unit that records the answer. An answer still
+        neither Yes nor No after the retries counts as No, the original's rule."""
         rid = classify_id(task["id"])
-        out = Outcome(responses=[response_record(rid, "classify", c)], key=rid,
+        out = Outcome(responses=response_records(rid, "classify", c, retried), key=rid,
                       cached=[rid] if c.cached else [])
         out.accept("classify")
         is_cls, answer = self.classify_answer(c)
@@ -144,19 +186,31 @@ class Stages:
         mode = self.instance_mode(task["is_classification"])
         return self.templates[mode].render(instruction=task["instruction"])
 
-    def instance_outcome(self, task: dict[str, Any], c: Completion) -> Outcome:
+    def _parse_instances(self, task: dict[str, Any], c: Completion) -> list[Instance]:
+        mode = self.instance_mode(task["is_classification"])
+        parse = parse_output_first if mode == "instances_output_first" else parse_input_first
+        return parse(c.text, c.truncated)
+
+    def instance_problem(self, task: dict[str, Any], c: Completion) -> str:
+        if c.finish_reason in UNDONE or c.truncated:
+            return ""
+        if not self._parse_instances(task, c):
+            return "no instance in the response"
+        return "" if looks_like_text(c.text) else "the response is not text"
+
+    def instance_outcome(self, task: dict[str, Any], c: Completion,
+                         retried: Sequence[Attempt] = ()) -> Outcome:
         """Parse, filter and, if anything survives, build the final seed-schema record."""
         response_id = instances_id(task["id"])
-        out = Outcome(responses=[response_record(response_id, "instances", c)], key=response_id,
-                      cached=[response_id] if c.cached else [])
+        out = Outcome(responses=response_records(response_id, "instances", c, retried),
+                      key=response_id, cached=[response_id] if c.cached else [])
         mode = self.instance_mode(task["is_classification"])
         brief = {"id": task["id"], "instruction": task["instruction"],
                  "response_id": response_id}
-        if c.finish_reason in ("error", "cancelled", "uncached"):
+        if c.finish_reason in UNDONE:
             out.reject("task", c.finish_reason, c.error or "request did not complete", brief)
             return out
-        parse = parse_output_first if mode == "instances_output_first" else parse_input_first
-        parsed = parse(c.text, c.truncated)
+        parsed = self._parse_instances(task, c)
         tf = self.cfg.filters.task
         result = filter_task_instances(parsed, self.instance_chain, tf.drop_conflicting,
                                        tf.deduplicate, tf.max_instances)

@@ -20,6 +20,9 @@ from actors.remote import Mirror
 from actors.runlog import DATA_FILES, RunDirError, RunFiles, add_counts, read_committed, recover
 from actors.stages import Stages
 
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
+              "cost_usd")
+
 
 class Writer:
     def __init__(self, out_dir: str, target: int, stages: Stages,
@@ -123,10 +126,10 @@ class Writer:
         cached = set(unit.get("cached", []))
         for rec in unit.get("responses", []):
             u = usage.setdefault(f"{rec['stage']}:{rec['model']}", {})
-            for k, v in (("requests", 1), ("cache_hits", int(rec["id"] in cached)),
-                         ("prompt_tokens", rec.get("prompt_tokens", 0)),
-                         ("completion_tokens", rec.get("completion_tokens", 0))):
-                u[k] = u.get(k, 0) + v
+            add_counts(u, {"requests": 1, "cache_hits": int(rec["id"] in cached),
+                           "errors": int(rec["finish_reason"] == "error"),
+                           **{k: rec.get(k, 0) for k in USAGE_KEYS},
+                           "faults": rec.get("faults", {})})
             lines["responses"].append(rec)
         lines["candidates"] += unit.get("candidates", [])
         for rec in unit.get("admitted", []):

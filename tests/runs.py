@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,3 +152,42 @@ def check_finished(out: Path, target: int, leftover: bool = False) -> dict[str, 
     if not leftover:
         assert run["pending"]["unclassified"] == run["pending"]["classified"] == 0
     return run
+
+
+def submit_job(dash: int, renv: dict[str, str], submission_id: str, *entrypoint: str) -> None:
+    """`ray job submit --no-wait` with cluster/runtime_env.yaml (the working tree, a minute to
+    stop), again while a just-started head has no job agent yet."""
+    deadline = time.time() + 120
+    while True:
+        proc = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+             "--submission-id", submission_id, "--no-wait", "--runtime-env",
+             str(ROOT / "cluster" / "runtime_env.yaml"), "--", *entrypoint],
+            cwd=ROOT, env=renv, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            return
+        if "No available agent" not in proc.stderr + proc.stdout or time.time() > deadline:
+            raise AssertionError((proc.stdout + proc.stderr)[-3000:])
+        time.sleep(3)
+
+
+def job_status(dash: int, renv: dict[str, str], submission_id: str) -> str:
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "status", "--address", f"http://127.0.0.1:{dash}",
+         submission_id], env=renv, capture_output=True, text=True, timeout=120)
+    found = re.search(r"Status for job '[^']+': (\w+)", proc.stdout + proc.stderr)
+    return found.group(1) if found else "UNKNOWN"
+
+
+def wait_job(dash: int, renv: dict[str, str], submission_id: str, timeout: float) -> str:
+    """Poll until the job ends; its final status and its driver's log."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = job_status(dash, renv, submission_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            logs = subprocess.run(
+                [str(BIN / "ray"), "job", "logs", "--address", f"http://127.0.0.1:{dash}",
+                 submission_id], env=renv, capture_output=True, text=True, timeout=120)
+            return status + "\n" + logs.stdout[-5000:]
+        time.sleep(2)
+    raise AssertionError(f"job {submission_id} still running after {timeout} s")

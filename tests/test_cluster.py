@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.runs import BIN, check_finished, env, lines, wait_for
+from tests.runs import BIN, check_finished, env, lines, submit_job, wait_for, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -84,13 +83,11 @@ def test_job_on_two_nodes_survives_losing_the_second(tmp_path):
              "--disable-usage-stats"],
             env=renv, capture_output=True, text=True, timeout=180)
         assert second.returncode == 0, second.stderr[-3000:]
-        job = subprocess.Popen(
-            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-             "--working-dir", str(ROOT), "--", "selfinstruct", "run", "pipeline.yaml",
-             "--out", str(out), "--target", str(target), "--no-progress"],
-            cwd=ROOT, env=renv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sid = f"two-nodes-{secrets.token_hex(4)}"
+        submit_job(dash, renv, sid, "selfinstruct", "run", "pipeline.yaml", "--out", str(out),
+                   "--target", str(target), "--no-progress")
         # Both nodes work: proposers, instance actors and model replicas are spread.
-        wait_for(lambda: len(lines(out / "accepted.jsonl")) >= 1, 600, job)
+        wait_for(lambda: len(lines(out / "accepted.jsonl")) >= 1, 600)
         alive = [a for a in _actors_by_node(dash, renv) if a["state"] == "ALIVE"]
         nodes = {a["node"] for a in alive if a["cls"] in ("LocalModelWorker", "Instancer",
                                                            "Proposer")}
@@ -103,8 +100,8 @@ def test_job_on_two_nodes_survives_losing_the_second(tmp_path):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         killed_at = len(lines(out / "dataset.jsonl"))
-        logs, _ = job.communicate(timeout=900)
-        assert job.returncode == 0, logs[-3000:]
+        result = wait_job(dash, renv, sid, 900)
+        assert result.startswith("SUCCEEDED"), result
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=renv, capture_output=True,
                        timeout=120)

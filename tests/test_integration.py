@@ -11,7 +11,16 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tests.runs import BIN, check_finished, env
+from tests.runs import (
+    BIN,
+    check_consistent,
+    check_finished,
+    env,
+    lines,
+    submit_job,
+    wait_for,
+    wait_job,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,16 +53,25 @@ def test_ray_job_submit_against_a_head_on_loopback(tmp_path):
          "--disable-usage-stats", "--include-dashboard=true"],
         env=renv, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-3000:]
-    out = tmp_path / "job-run"
+    out, stopped = tmp_path / "job-run", tmp_path / "stopped-run"
     try:
-        job = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-             "--working-dir", str(ROOT), "--", "selfinstruct", "run", "pipeline.yaml",
-             "--out", str(out), "--target", "2", "--no-progress"],
-            cwd=ROOT, env=renv, capture_output=True, text=True, timeout=900)
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
-        assert "succeeded" in job.stdout + job.stderr
+        submit_job(dash, renv, "finishes", "selfinstruct", "run", "pipeline.yaml", "--out",
+                   str(out), "--target", "2", "--no-progress")
+        result = wait_job(dash, renv, "finishes", 900)
+        assert result.startswith("SUCCEEDED"), result
+        assert '"tasks": 2' in result  # the driver's output streams back
         check_finished(out, 2)
+        # `ray job stop` is a graceful stop: partial results complete, resumable.
+        submit_job(dash, renv, "stopped", "selfinstruct", "run", "pipeline.yaml", "--out",
+                   str(stopped), "--target", "500", "--no-progress")
+        wait_for(lambda: len(lines(stopped / "accepted.jsonl")) >= 1, 600)
+        subprocess.run([str(BIN / "ray"), "job", "stop", "--address",
+                        f"http://127.0.0.1:{dash}", "stopped"], env=renv, capture_output=True,
+                       timeout=300)
+        result = wait_job(dash, renv, "stopped", 300)
+        assert result.startswith("STOPPED"), result
+        run = check_consistent(stopped)
+        assert run["status"] == "stopped" and run["stop_reason"] == "terminated"
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=renv, capture_output=True,
                        timeout=120)

@@ -1,0 +1,113 @@
+"""The gate actor: every API request in the cluster asks it first.
+
+One actor for the run holds each API model's limiter (requests, input and output tokens per
+minute, requests in flight, back-off after a 429) and the run's budget, so limits hold across
+processes and nodes, not per process. Waiters for one model are served first come, first
+served. The arithmetic lives in limits.py; this is the thin async shell around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections import deque
+from typing import Any
+
+from actors.config import ApiModel
+from actors.limits import Budget, Grant, ModelLimiter, cost_usd
+
+
+class Gate:
+    def __init__(self, models: dict[str, ApiModel], max_cost: float | None,
+                 spent: float = 0.0) -> None:
+        self.models = models
+        self.limiters = {name: ModelLimiter(m.limits) for name, m in models.items()}
+        self.budget = Budget(max_cost, spent)
+        self.lines: dict[str, deque[asyncio.Future]] = {name: deque() for name in models}
+        self.freed: dict[str, asyncio.Event] = {}
+        self.ids = itertools.count(1)
+        self.failures_in_row = dict.fromkeys(models, 0)
+        self.last_error = dict.fromkeys(models, "")
+        self.requests = dict.fromkeys(models, 0)
+
+    async def acquire(self, model: str, holder: str, input_tokens: int,
+                      output_tokens: int) -> int | None:
+        """A grant id once the request may start; None when the budget does not allow it."""
+        lim, line = self.limiters[model], self.lines[model]
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future = loop.create_future()
+        line.append(turn)
+        if len(line) == 1:
+            turn.set_result(None)
+        try:
+            await turn
+            while (wait := lim.wait(time.monotonic(), input_tokens, output_tokens)) > 0:
+                freed = self.freed.setdefault(model, asyncio.Event())
+                freed.clear()
+                # A release or a 429 may change the answer: look again at least every second.
+                timeout = 1.0 if math.isinf(wait) else min(wait, 1.0)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(freed.wait(), timeout)
+            worst = cost_usd(self.models[model].price, input_tokens, output_tokens)
+            if not self.budget.reserve(worst):
+                return None
+            grant = Grant(next(self.ids), holder, input_tokens, output_tokens, cost=worst)
+            lim.take(time.monotonic(), grant)
+            self.requests[model] += 1
+            return grant.id
+        finally:
+            was_first = bool(line) and line[0] is turn
+            line.remove(turn)
+            if was_first and line:
+                line[0].set_result(None)
+
+    def settle(self, model: str, grant_id: int, usage: dict[str, int], error: str = "") -> None:
+        """The request ended (answered, or failed after the SDK's retries)."""
+        grant = self.limiters[model].release(grant_id, usage.get("prompt_tokens", 0)
+                                             + usage.get("cache_read_tokens", 0)
+                                             + usage.get("cache_write_tokens", 0),
+                                             usage.get("completion_tokens", 0))
+        if grant is not None:
+            actual = cost_usd(self.models[model].price, usage.get("prompt_tokens", 0),
+                              usage.get("completion_tokens", 0),
+                              usage.get("cache_read_tokens", 0),
+                              usage.get("cache_write_tokens", 0))
+            self.budget.settle(grant.cost, actual)
+        if error:
+            self.failures_in_row[model] += 1
+            self.last_error[model] = error[:300]
+        else:
+            self.failures_in_row[model] = 0
+        self._wake(model)
+
+    def throttled(self, model: str, retry_after: float | None) -> None:
+        self.limiters[model].throttled(time.monotonic(), retry_after)
+
+    def lost(self, holder: str) -> int:
+        """An actor (re)started: the slots its earlier life held are free again."""
+        gone = 0
+        for model, lim in self.limiters.items():
+            for grant in lim.release_holder(holder):
+                self.budget.settle(grant.cost, 0.0)
+                gone += 1
+            self._wake(model)
+        return gone
+
+    def _wake(self, model: str) -> None:
+        if model in self.freed:
+            self.freed[model].set()
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        dead = {m: f"the last {n} requests failed (last error: {self.last_error[m]})"
+                for m, n in self.failures_in_row.items()
+                if n >= self.models[m].fail_after}
+        return {"models": {m: {**lim.stats(now), "requests": self.requests[m],
+                               "waiting": len(self.lines[m]),
+                               "failures_in_row": self.failures_in_row[m]}
+                           for m, lim in self.limiters.items()},
+                "budget": self.budget.stats(), "budget_exhausted": self.budget.exhausted,
+                "dead": dead}
