@@ -31,7 +31,7 @@ class Gate:
         self.ids = itertools.count(1)
         self.failures_in_row = dict.fromkeys(models, 0)
         self.last_error = dict.fromkeys(models, "")
-        self.requests = dict.fromkeys(models, 0)
+        self.requests: dict[str, dict[str, int]] = {name: {} for name in models}
 
     async def acquire(self, model: str, holder: str, input_tokens: int,
                       output_tokens: int) -> int | None:
@@ -56,7 +56,7 @@ class Gate:
                 return None
             grant = Grant(next(self.ids), holder, input_tokens, output_tokens, cost=worst)
             lim.take(time.monotonic(), grant)
-            self.requests[model] += 1
+            self.requests[model][holder] = self.requests[model].get(holder, 0) + 1
             return grant.id
         finally:
             was_first = bool(line) and line[0] is turn
@@ -105,7 +105,8 @@ class Gate:
         dead = {m: f"the last {n} requests failed (last error: {self.last_error[m]})"
                 for m, n in self.failures_in_row.items()
                 if n >= self.models[m].fail_after}
-        return {"models": {m: {**lim.stats(now), "requests": self.requests[m],
+        return {"models": {m: {**lim.stats(now), "requests": sum(self.requests[m].values()),
+                               "requests_by_actor": self.requests[m],
                                "waiting": len(self.lines[m]),
                                "failures_in_row": self.failures_in_row[m]}
                            for m, lim in self.limiters.items()},

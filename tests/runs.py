@@ -38,13 +38,21 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.open() if line.endswith("\n")]
 
 
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` laid over it, mappings merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
 def config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
     """pipeline.yaml with some sections changed, written where its paths still resolve."""
     data = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
     data["seeds"] = [str(ROOT / s) for s in data["seeds"]]
     data["prompts_dir"] = str(ROOT / data["prompts_dir"])
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
+    data = merged(data, sections)
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -1,0 +1,178 @@
+"""Tasks kept per minute against an API with a fixed latency, at 1, 8, 32 and 128 requests in
+flight, next to the ideal and to a sequential loop that sends one batch at a time as the
+original code does.
+
+    .venv/bin/python benchmarks/throughput.py [--latency 0.5] [--seconds 45] [--caps 1,8,32,128]
+
+The API is tests/fakeapi.py on loopback: every request takes `--latency` seconds, proposals are
+instruction lists drawn from ../shared/data/alpaca/alpaca_instructions.jsonl (so ROUGE-L
+deduplication rejects what it would in life), classification and instances are short answers
+in the prompts' formats. The pipeline runs as a real `selfinstruct run` on a local Ray with
+every stage on that one model and `limits.max_in_flight` = the cap, cluster-wide.
+
+Ideal tasks/min at cap C = 60 * C / (L * R): C requests always in flight, each taking L
+seconds, and R requests per kept task across the three stages (proposals, classifications
+and instance requests over tasks written, measured in the same run). The measured rate is
+steady state: tasks written between the first 10% and the last task, over that time, so
+Ray's start-up (about 10 s here) is left out; the wall-clock rate including it is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from openai import OpenAI  # noqa: E402
+
+from actors.config import load_config  # noqa: E402
+from actors.dedup_index import RougeIndex  # noqa: E402
+from actors.filters import INSTRUCTION_RULES, apply_chain, build_chain  # noqa: E402
+from actors.parsing import (  # noqa: E402
+    parse_classification,
+    parse_input_first,
+    parse_instructions,
+    parse_output_first,
+)
+from actors.pipeline import load_all_seeds  # noqa: E402
+from actors.prompts import Shot, load_template, number_shots, sample_shots  # noqa: E402
+from tests.runs import config  # noqa: E402
+from tests.servers import fake_server  # noqa: E402
+
+
+def steady_rate(commits: Path) -> tuple[float, int]:
+    """Tasks per minute from the first 10% of the dataset to its last line (commit times)."""
+    stamps = []
+    for line in commits.open():
+        rec = json.loads(line)
+        stamps += [rec["time"]] * rec["lines"].get("dataset", 0)
+    k = len(stamps) // 10
+    span = stamps[-1] - stamps[k]
+    return ((len(stamps) - 1 - k) / span * 60 if span > 0 else 0.0), len(stamps)
+
+
+def pipeline_run(url: str, cap: int, target: int, work: Path) -> dict:
+    cfg = config(work, models={"api": {
+        "provider": "openai_compatible", "model": "fake", "base_url": f"{url}/v1",
+        "limits": {"max_in_flight": cap}, "timeout_s": 30}},
+        stages={s: {"model": "api", "max_in_flight": cap}
+                for s in ("propose", "classify", "instances")},
+        queues={"batch_size": 8})
+    out = work / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "run", str(cfg), "--out", str(out), "--target",
+         str(target), "--no-progress"], cwd=work, capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    run = json.loads((out / "run.json").read_text())
+    rate, tasks = steady_rate(out / "commits.jsonl")
+    requests = run["totals"]["all"]["requests"]
+    return {"tasks": tasks, "requests": requests, "per_task": requests / tasks,
+            "steady_per_min": rate, "wall_per_min": run["timings"]["tasks_per_min"],
+            "wall_s": run["timings"]["wall_s"],
+            "peak_in_flight": run["limits"]["api"]["peak_in_flight"]}
+
+
+def sequential_loop(url: str, seconds: float, batch: int = 5) -> dict:
+    """The original code's shape: one API call at a time, each carrying a batch of prompts
+    (the completions endpoint takes a list), then dedup, classify, instances in turn."""
+    cfg = load_config(ROOT / "pipeline.yaml")
+    client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    templates = {name: load_template(cfg.prompts_dir, name, "completion")
+                 for name in ("propose", "classify", "instances_input_first",
+                              "instances_output_first")}
+    seeds = load_all_seeds(cfg)
+    human = [Shot(s["id"], s["instruction"]) for s in seeds]
+    index = RougeIndex(0.7, False, 0.7, 0)
+    for s in seeds:
+        index.add(s["id"], s["instruction"])
+    chain = build_chain(INSTRUCTION_RULES, cfg.filters.instruction.model_dump())
+    rng = random.Random(0)
+    p = cfg.stages.propose
+    tasks = calls = 0
+    start = time.perf_counter()
+
+    def call(prompts: list[str], max_tokens: int, stop: list[str] | None) -> list[str]:
+        nonlocal calls
+        calls += 1
+        r = client.completions.create(model="fake", prompt=prompts, max_tokens=max_tokens,
+                                      stop=stop)
+        return [c.text for c in sorted(r.choices, key=lambda c: c.index)]
+
+    while time.perf_counter() - start < seconds:
+        prompts = [templates["propose"].render(shots=number_shots([
+            s.instruction for s in sample_shots(rng, human, [], p.num_shots, 0)]))
+            for _ in range(batch)]
+        kept = []
+        for text in call(prompts, p.max_tokens, p.stop):
+            for inst in parse_instructions(text, False).instructions:
+                if apply_chain(chain, inst).ok:
+                    (d,) = index.check_batch([(f"m{len(index)}", inst)])
+                    if d.keep:
+                        index.add(f"m{len(index)}", inst)
+                        kept.append(inst)
+        for i in range(0, len(kept), batch):
+            group = kept[i:i + batch]
+            labels = call([templates["classify"].render(instruction=t) for t in group], 3, None)
+            modes = ["instances_output_first" if parse_classification(a) else
+                     "instances_input_first" for a in labels]
+            answers = call([templates[m].render(instruction=t) for m, t in zip(
+                modes, group, strict=True)], 300, ["\n\nTask:", "\nTask:"])
+            for m, a in zip(modes, answers, strict=True):
+                parse = parse_output_first if m == "instances_output_first" else \
+                    parse_input_first
+                tasks += bool(parse(a, False))
+    wall = time.perf_counter() - start
+    return {"tasks": tasks, "calls": calls, "per_min": tasks / wall * 60, "wall_s": wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--latency", type=float, default=0.5)
+    ap.add_argument("--seconds", type=float, default=45.0,
+                    help="about how long each pipeline run should take at its ideal rate")
+    ap.add_argument("--caps", default="1,8,32,128")
+    args = ap.parse_args()
+    caps = [int(c) for c in args.caps.split(",")]
+    per_task_guess = 2.6
+    rows = []
+    with fake_server(latency=args.latency, seed=0) as srv, \
+            tempfile.TemporaryDirectory() as tmp:
+        seq = sequential_loop(srv.url, args.seconds)
+        print(f"sequential loop (one call of 5 prompts at a time): {seq['tasks']} tasks, "
+              f"{seq['calls']} calls in {seq['wall_s']:.1f} s = {seq['per_min']:.1f} tasks/min",
+              flush=True)
+        for cap in caps:
+            ideal_guess = 60 * cap / (args.latency * per_task_guess)
+            target = max(10, int(ideal_guess * args.seconds / 60))
+            work = Path(tmp) / f"cap{cap}"
+            work.mkdir()
+            r = pipeline_run(srv.url, cap, target, work)
+            per_task_guess = r["per_task"]
+            ideal = 60 * cap / (args.latency * r["per_task"])
+            rows.append((cap, r, ideal))
+            print(f"cap {cap:>3}: {r['tasks']} tasks, {r['requests']} requests "
+                  f"(R = {r['per_task']:.2f}/task), peak in flight {r['peak_in_flight']}, "
+                  f"steady {r['steady_per_min']:.1f} tasks/min, ideal {ideal:.1f} "
+                  f"({r['steady_per_min'] / ideal:.0%}), wall {r['wall_per_min']:.1f}/min "
+                  f"over {r['wall_s']:.0f} s", flush=True)
+    print(f"\nlatency {args.latency:.2f} s; ideal = 60 * C / (L * R)")
+    print(f"{'in flight':>9} {'tasks/min':>10} {'ideal':>8} {'of ideal':>9} "
+          f"{'wall/min':>9} {'vs sequential':>14}")
+    for cap, r, ideal in rows:
+        print(f"{cap:>9} {r['steady_per_min']:>10.1f} {ideal:>8.1f} "
+              f"{r['steady_per_min'] / ideal:>9.0%} {r['wall_per_min']:>9.1f} "
+              f"{r['steady_per_min'] / seq['per_min']:>13.1f}x")
+    print(f"{'sequential':>9} {seq['per_min']:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
