@@ -44,16 +44,22 @@ class Gate:
             turn.set_result(None)
         try:
             await turn
-            while (wait := lim.wait(time.monotonic(), input_tokens, output_tokens)) > 0:
+            worst = cost_usd(self.models[model].price, input_tokens, output_tokens)
+            while True:
+                wait = lim.wait(time.monotonic(), input_tokens, output_tokens)
+                if wait == 0:
+                    verdict = self.budget.reserve(worst)
+                    if verdict == "refused":
+                        return None
+                    if verdict == "ok":
+                        break
+                    wait = math.inf  # until a request in flight settles
                 freed = self.freed.setdefault(model, asyncio.Event())
                 freed.clear()
                 # A release or a 429 may change the answer: look again at least every second.
                 timeout = 1.0 if math.isinf(wait) else min(wait, 1.0)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(freed.wait(), timeout)
-            worst = cost_usd(self.models[model].price, input_tokens, output_tokens)
-            if not self.budget.reserve(worst):
-                return None
             grant = Grant(next(self.ids), holder, input_tokens, output_tokens, cost=worst)
             lim.take(time.monotonic(), grant)
             self.requests[model][holder] = self.requests[model].get(holder, 0) + 1
@@ -81,7 +87,8 @@ class Gate:
             self.last_error[model] = error[:300]
         else:
             self.failures_in_row[model] = 0
-        self._wake(model)
+        for name in self.models:  # a settled cost may let another model's request fit
+            self._wake(name)
 
     def throttled(self, model: str, retry_after: float | None) -> None:
         self.limiters[model].throttled(time.monotonic(), retry_after)

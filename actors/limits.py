@@ -213,12 +213,16 @@ class Budget:
         self.reserved = 0.0
         self.refused = 0
 
-    def reserve(self, worst: float) -> bool:
-        if self.max_usd is not None and self.spent + self.reserved + worst > self.max_usd:
-            self.refused += 1
-            return False
-        self.reserved += worst
-        return True
+    def reserve(self, worst: float) -> str:
+        """'ok' (reserved), 'wait' (fits once requests in flight have settled, since they
+        rarely cost their worst case), or 'refused' (it cannot fit: the budget is reached)."""
+        if self.max_usd is None or self.spent + self.reserved + worst <= self.max_usd:
+            self.reserved += worst
+            return "ok"
+        if self.reserved > 0 and self.spent + worst <= self.max_usd:
+            return "wait"
+        self.refused += 1
+        return "refused"
 
     def settle(self, worst: float, actual: float) -> None:
         self.reserved = max(0.0, self.reserved - worst)

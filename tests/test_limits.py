@@ -97,11 +97,12 @@ def test_back_off_slows_the_sending_rate():
 
 def test_budget_refuses_what_could_pass_the_cap():
     b = Budget(1.0, spent=0.5)
-    assert b.reserve(0.3)
-    assert not b.reserve(0.3)                  # 0.5 + 0.3 reserved + 0.3 > 1.0
+    assert b.reserve(0.3) == "ok"
+    assert b.reserve(0.3) == "wait"            # fits once the one in flight has settled
     b.settle(0.3, 0.1)
-    assert b.spent == pytest.approx(0.6) and b.reserve(0.3) and b.exhausted
-    assert Budget(None).reserve(1e9)
+    assert b.spent == pytest.approx(0.6) and b.reserve(0.3) == "ok" and not b.exhausted
+    assert b.reserve(0.5) == "refused" and b.exhausted  # 0.6 spent + 0.5 > 1.0 whatever settles
+    assert Budget(None).reserve(1e9) == "ok"
 
 
 def test_cost_and_cache_saving():

@@ -179,7 +179,8 @@ def test_two_proposers_share_a_60_per_minute_limit(tmp_path):
         cfg = api_run_config(tmp_path, {
             "slow": {"provider": "openai_compatible", "model": "rpm-limited",
                      "base_url": f"{srv.url}/v1", "limits": {"requests_per_minute": 60}},
-            "fast": {"provider": "anthropic", "model": "unlimited", "base_url": srv.url}},
+            "fast": {"provider": "anthropic", "model": "unlimited", "base_url": srv.url,
+                     "api_key_env": "SI_FAKE_KEY"}},
             three_stages("slow", "fast", "fast", in_flight=20),
             actors={"proposers": 2}, run={"max_minutes": 1.6})
         proc = run_cli(cfg, out, 100_000)
@@ -201,9 +202,10 @@ def test_max_cost_stops_gracefully_within_budget(tmp_path):
     with fake_server(latency=0.05) as srv:
         cfg = api_run_config(tmp_path, {
             "paid": {"provider": "anthropic", "model": "paid", "base_url": srv.url,
-                     "price": {"input_per_mtok": 100.0, "output_per_mtok": 300.0}}},
+                     "api_key_env": "SI_FAKE_KEY",
+                     "price": {"input_per_mtok": 10.0, "output_per_mtok": 30.0}}},
             three_stages("paid", "paid", "paid"))
-        proc = run_cli(cfg, out, 10_000, "--max-cost", "0.5")
+        proc = run_cli(cfg, out, 60, "--max-cost", "0.5")  # the whole 60 would cost ~$1.5
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = check_consistent(out)
     assert run["status"] == "stopped" and run["stop_reason"] == "max_cost"
