@@ -71,6 +71,14 @@ class ApiBackend:
     prefixes: tuple[str, ...] = ()
     holder: str = ""
     _provider: ApiProvider | None = None
+    _asking: list[tuple[tuple[int, int], asyncio.Future]] = field(default_factory=list)
+    _asker: asyncio.Task | None = None
+    _settling: list[tuple[int, dict[str, int], str]] = field(default_factory=list)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Travels to its actor without the event-loop state it builds there."""
+        return {**self.__dict__, "_provider": None, "_asking": [], "_asker": None,
+                "_settling": []}
 
     def bind(self, holder: str) -> None:
         """The actor that holds this backend (re)started: slots of its earlier life are free."""
@@ -84,18 +92,53 @@ class ApiBackend:
         if self._provider is None:  # built in the actor's process: SDK clients do not travel
             self._provider = make_provider(self.conf, self.api_key, self._throttled,
                                            self.prefixes)
-        grant = await self.gate.acquire.remote(self.key_name, self.holder,
-                                               estimate_tokens(req.prompt), req.max_tokens)
+        grant = await self._grant(estimate_tokens(req.prompt), req.max_tokens)
         if grant is None:
             return Completion("", "cancelled", self.conf.label, error=BUDGET_REACHED)
         c = await self._provider.complete(req)
         cost = cost_usd(self.conf.price, c.prompt_tokens, c.completion_tokens,
                         c.cache_read_tokens, c.cache_write_tokens)
-        self.gate.settle.remote(self.key_name, grant, {
+        self._settle(grant, {
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "cache_read_tokens": c.cache_read_tokens,
             "cache_write_tokens": c.cache_write_tokens}, c.error)
         return dataclasses.replace(c, cost_usd=cost)
+
+    async def _grant(self, input_tokens: int, output_tokens: int) -> int | None:
+        """The gate's grant for one request; requests made in the same turn of the event loop
+        (a batch from asyncio.gather) ask together, in one call."""
+        fut = asyncio.get_running_loop().create_future()
+        self._asking.append(((input_tokens, output_tokens), fut))
+        if self._asker is None or self._asker.done():
+            self._asker = asyncio.get_running_loop().create_task(self._ask())
+        return await fut
+
+    async def _ask(self) -> None:
+        await asyncio.sleep(0)  # let the rest of the batch join
+        while self._asking:
+            batch = list(self._asking)
+            try:
+                grants = await self.gate.acquire_many.remote(
+                    self.key_name, self.holder, [size for size, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - the waiting requests get the error
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                del self._asking[:len(batch)]
+                continue
+            for (_, fut), grant in zip(batch, grants, strict=False):
+                fut.set_result(grant)
+            del self._asking[:len(grants)]
+
+    def _settle(self, grant: int, usage: dict[str, int], error: str) -> None:
+        """Told to the gate without waiting, gathered per turn of the event loop."""
+        if not self._settling:
+            asyncio.get_running_loop().call_soon(self._send_settles)
+        self._settling.append((grant, usage, error))
+
+    def _send_settles(self) -> None:
+        items, self._settling = self._settling, []
+        self.gate.settle_many.remote(self.key_name, items)
 
 
 @dataclass

@@ -60,15 +60,41 @@ class Gate:
                 timeout = 1.0 if math.isinf(wait) else min(wait, 1.0)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(freed.wait(), timeout)
-            grant = Grant(next(self.ids), holder, input_tokens, output_tokens, cost=worst)
-            lim.take(time.monotonic(), grant)
-            self.requests[model][holder] = self.requests[model].get(holder, 0) + 1
-            return grant.id
+            return self._grant(model, holder, input_tokens, output_tokens, worst)
         finally:
             was_first = bool(line) and line[0] is turn
             line.remove(turn)
             if was_first and line:
                 line[0].set_result(None)
+
+    def _grant(self, model: str, holder: str, input_tokens: int, output_tokens: int,
+               worst: float) -> int:
+        grant = Grant(next(self.ids), holder, input_tokens, output_tokens, cost=worst)
+        self.limiters[model].take(time.monotonic(), grant)
+        self.requests[model][holder] = self.requests[model].get(holder, 0) + 1
+        return grant.id
+
+    async def acquire_many(self, model: str, holder: str,
+                           sizes: list[tuple[int, int]]) -> list[int | None]:
+        """Grants for a batch, in order: the first as `acquire` gives it, then as many more
+        as fit at once with nobody waiting ahead; the caller asks again for the rest. One call
+        per batch instead of one per request keeps the gate off the critical path."""
+        first = await self.acquire(model, holder, *sizes[0])
+        grants: list[int | None] = [first]
+        lim = self.limiters[model]
+        for input_tokens, output_tokens in sizes[1:]:
+            if first is None or self.lines[model] or lim.wait(
+                    time.monotonic(), input_tokens, output_tokens) > 0:
+                break
+            worst = cost_usd(self.models[model].price, input_tokens, output_tokens)
+            if self.budget.reserve(worst) != "ok":
+                break
+            grants.append(self._grant(model, holder, input_tokens, output_tokens, worst))
+        return grants
+
+    def settle_many(self, model: str, items: list[tuple[int, dict[str, int], str]]) -> None:
+        for grant_id, usage, error in items:
+            self.settle(model, grant_id, usage, error)
 
     def settle(self, model: str, grant_id: int, usage: dict[str, int], error: str = "") -> None:
         """The request ended (answered, or failed after the SDK's retries)."""

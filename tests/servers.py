@@ -86,6 +86,9 @@ class FakeServer:
     def inject(self, kind: str, count: int) -> Any:
         return self._post("/_inject", {"kind": kind, "count": count})
 
+    def reset(self) -> Any:
+        return self._post("/_reset", {})
+
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.url + "/_stats", timeout=10) as resp:
             return json.loads(resp.read())

@@ -25,6 +25,11 @@ def test_shipped_pipeline_yaml_is_valid_and_matches_defaults():
     # The one deliberate change: the embedded chat model classifies far better in chat form.
     assert cfg.stages.classify.mode == "chat"
     cfg.stages.classify.mode = "completion"
+    # Requests in flight are sized for the two embedded replicas (they do not change the data).
+    assert (cfg.stages.propose.max_in_flight, cfg.stages.classify.max_in_flight,
+            cfg.stages.instances.max_in_flight) == (5, 8, 8)
+    for stage in ("propose", "classify", "instances"):
+        getattr(cfg.stages, stage).max_in_flight = 16
     assert cfg.stages == Pipeline().stages
     assert cfg.filters == Pipeline().filters
     assert cfg.dedup == Pipeline().dedup
