@@ -184,8 +184,11 @@ def job_status(dash: int, renv: dict[str, str], submission_id: str) -> str:
     proc = subprocess.run(
         [str(BIN / "ray"), "job", "status", "--address", f"http://127.0.0.1:{dash}",
          submission_id], env=renv, capture_output=True, text=True, timeout=120)
-    found = re.search(r"Status for job '[^']+': (\w+)", proc.stdout + proc.stderr)
-    return found.group(1) if found else "UNKNOWN"
+    # A finished job prints "Job 'x' succeeded"; a running one "Status for job 'x': RUNNING".
+    text = proc.stdout + proc.stderr
+    found = re.search(r"Status for job '[^']+': (\w+)", text) or re.search(
+        r"Job '[^']+' (succeeded|failed|stopped)", text)
+    return found.group(1).upper() if found else "UNKNOWN"
 
 
 def wait_job(dash: int, renv: dict[str, str], submission_id: str, timeout: float) -> str:
