@@ -299,6 +299,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     failure, restarts = "", dict.fromkeys(workers, 0)
     retry_at: dict[str, float] = {}
     unavailable: dict[str, float] = {}
+    relaunched: dict[str, float] = {}
     next_log = time.time()
     try:
         while True:
@@ -342,6 +343,10 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                 if time.time() >= when:
                     loops[name] = workers[name].run.remote()
                     del retry_at[name]
+                    relaunched[name] = time.time()
+            for name in [n for n in unavailable if time.time() - relaunched.get(n, 0) > 10
+                         and n in loops]:
+                del unavailable[name]  # running again for 10 s: that incident is over
             finished, _ = ray.wait(list(loops.values()), timeout=0)
             for ref in finished:
                 name = next(k for k, v in loops.items() if v == ref)
@@ -350,6 +355,11 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                     failure = f"{name} stopped unexpectedly"
                 except ActorUnavailableError as exc:
                     # Its node or process is down and Ray is bringing it back: try again soon.
+                    # One incident counts as one restart however often it is retried.
+                    if name not in unavailable:
+                        restarts[name] += 1
+                        log.warning("actor_died", actor=name, restarts=restarts[name],
+                                    unavailable=True, error=str(exc).splitlines()[0][:300])
                     since = unavailable.setdefault(name, time.time())
                     if time.time() - since < UNAVAILABLE_LIMIT_S:
                         del loops[name]
