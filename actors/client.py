@@ -157,6 +157,7 @@ class LLMClient:
     cache_path: str | None = None
     replay_only: bool = False
     parse_retries: int = 0
+    deterministic: bool = False     # the embedded model: same prompt and seed, same answer
     _sem: asyncio.Semaphore | None = None
     _cache: ResponseCache | None = None
 
@@ -192,9 +193,9 @@ class LLMClient:
         at most `parse_retries` times; the last answer is the stage's to record."""
         retried: list[Attempt] = []
         c = await self.complete(req)
-        # The embedded model at temperature 0 would give the same answer again.
-        retries = 0 if isinstance(self.backend, LocalBackend) and not req.temperature \
-            else self.parse_retries
+        # The embedded model at temperature 0 would give the same answer again (and a replay
+        # of its run must ask exactly what the run asked).
+        retries = 0 if self.deterministic and not req.temperature else self.parse_retries
         while (why := problem(c)) and len(retried) < retries:
             retried.append(Attempt(c, why))
             seed = ((req.seed or 0) + 7919 * len(retried)) & 0x7FFFFFFF
@@ -217,4 +218,4 @@ def client_for(cfg: Pipeline, stage: str, replicas: dict[str, list[Any]], gate: 
         backend = LocalBackend(replicas[conf.model], stage, model.label)
     return LLMClient(backend, conf.max_in_flight, stage, model.label,
                      cache_path if cfg.cache.enabled else None, cfg.cache.replay_only,
-                     conf.parse_retries)
+                     conf.parse_retries, deterministic=not isinstance(model, ApiModel))
