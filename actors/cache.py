@@ -37,12 +37,19 @@ class ResponseCache:
             return None
         return dataclasses.replace(Completion(**json.loads(row[0])), cached=True)
 
-    def put(self, key: str, c: Completion) -> None:
-        """Only answers worth replaying: not errors, not cancelled generations."""
+    def put(self, key: str, c: Completion) -> Completion:
+        """Keep an answer worth replaying (not errors, not cancelled generations). Returns the
+        answer the cache holds for the key: when the same request was asked twice in a run,
+        the first answer stored, so the run records what its replay will return."""
         if c.finish_reason in ("error", "cancelled") or c.cached:
-            return
-        self.db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?)",
-                        (key, json.dumps(dataclasses.asdict(c))))
+            return c
+        cur = self.db.execute("INSERT OR IGNORE INTO responses VALUES (?, ?)",
+                              (key, json.dumps(dataclasses.asdict(c))))
+        if cur.rowcount:
+            return c
+        row = self.db.execute("SELECT completion FROM responses WHERE key = ?",
+                              (key,)).fetchone()
+        return Completion(**json.loads(row[0])) if row else c
 
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]

@@ -184,7 +184,7 @@ class LLMClient:
             if not c.latency_s:
                 c = dataclasses.replace(c, latency_s=time.perf_counter() - start)
         if self._cache is not None:
-            self._cache.put(key, c)
+            c = self._cache.put(key, c)
         return c
 
     async def complete_parsed(self, req: Request, problem: Callable[[Completion], str]
