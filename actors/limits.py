@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from actors.config import Limits, Price
 
 PERIOD_S = 60.0
+GUARD_S = 0.5               # a grant's request reaches the provider a little later, with jitter:
+                            # the window is kept this much longer so the provider's minute holds
 PACE_SLICES = 12            # pacing looks at 5 s slices of the minute
 MIN_FACTOR = 1 / 16         # back-off never slows a model below this share of its limits
 RECOVER_EVERY_S = 5.0       # without a 429 for this long, the rate grows again
@@ -36,7 +38,7 @@ class _Entry:
 class Window:
     """Amounts started in the last `period` seconds, with room checks and refunds."""
 
-    def __init__(self, limit: float, period: float = PERIOD_S) -> None:
+    def __init__(self, limit: float, period: float = PERIOD_S + GUARD_S) -> None:
         self.limit, self.period = limit, period
         self.entries: deque[_Entry] = deque()   # oldest first
         self.total = 0.0

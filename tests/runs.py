@@ -187,7 +187,7 @@ def job_status(dash: int, renv: dict[str, str], submission_id: str) -> str:
     # A finished job prints "Job 'x' succeeded"; a running one "Status for job 'x': RUNNING".
     text = proc.stdout + proc.stderr
     found = re.search(r"Status for job '[^']+': (\w+)", text) or re.search(
-        r"Job '[^']+' (succeeded|failed|stopped)", text)
+        r"Job '[^']+' (?:was )?(succeeded|failed|stopped)", text)
     return found.group(1).upper() if found else "UNKNOWN"
 
 

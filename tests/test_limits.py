@@ -56,7 +56,7 @@ def test_token_limits_refund_what_the_reservation_overestimated():
 
 
 def test_an_oversized_request_waits_for_an_empty_window_then_goes():
-    w = Window(100)
+    w = Window(100, period=60.0)
     w.add(0.0, 50)
     assert w.wait(1.0, 500) == pytest.approx(59.0)
     assert w.wait(60.5, 500) == 0
