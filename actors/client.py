@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,7 +72,7 @@ class ApiBackend:
     _provider: ApiProvider | None = None
     _asking: list[tuple[tuple[int, int], asyncio.Future]] = field(default_factory=list)
     _asker: asyncio.Task | None = None
-    _settling: list[tuple[int, dict[str, int], str]] = field(default_factory=list)
+    _settling: list[tuple[int, dict[str, float], str]] = field(default_factory=list)
 
     def __getstate__(self) -> dict[str, Any]:
         """Travels to its actor without the event-loop state it builds there."""
@@ -101,7 +100,7 @@ class ApiBackend:
         self._settle(grant, {
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "cache_read_tokens": c.cache_read_tokens,
-            "cache_write_tokens": c.cache_write_tokens}, c.error)
+            "cache_write_tokens": c.cache_write_tokens, "cost_usd": cost}, c.error)
         return dataclasses.replace(c, cost_usd=cost)
 
     async def _grant(self, input_tokens: int, output_tokens: int) -> int | None:
@@ -130,7 +129,7 @@ class ApiBackend:
                 fut.set_result(grant)
             del self._asking[:len(grants)]
 
-    def _settle(self, grant: int, usage: dict[str, int], error: str) -> None:
+    def _settle(self, grant: int, usage: dict[str, float], error: str) -> None:
         """Told to the gate without waiting, gathered per turn of the event loop."""
         if not self._settling:
             asyncio.get_running_loop().call_soon(self._send_settles)
@@ -179,10 +178,7 @@ class LLMClient:
             return Completion("", "uncached", self.model,
                               error="not in the response cache, and cache.replay_only is set")
         async with self._sem:
-            start = time.perf_counter()
             c = await self.backend.complete(req)
-            if not c.latency_s:
-                c = dataclasses.replace(c, latency_s=time.perf_counter() - start)
         if self._cache is not None:
             c = self._cache.put(key, c)
         return c

@@ -49,16 +49,11 @@ def observed_rates(run_dir: str | Path, prior: Rates = Rates()) -> Rates:
     per_response = (counts.get("filter", {}).get("in", 0) / responses if responses >= 5
                     else prior.instructions_per_response)
     out: dict[str, float] = {}
-    latency = []
     for stage in ("propose", "classify", "instances"):
         parts = [u for k, u in usage.items() if k.split(":", 1)[0] == stage]
         n = sum(u.get("requests", 0) for u in parts)
         if n >= 5:
             out[f"{stage}_output_tokens"] = sum(u.get("completion_tokens", 0) for u in parts) / n
-    wall, requests = run.get("timings", {}).get("wall_s"), sum(
-        u.get("requests", 0) for u in usage.values())
-    if wall and requests:
-        latency.append(wall / requests)
     return replace(prior, instructions_per_response=per_response,
                    filter_pass=rate("filter", prior.filter_pass),
                    dedup_keep=rate("dedup", prior.dedup_keep),

@@ -36,7 +36,7 @@ class Gate:
     async def acquire(self, model: str, holder: str, input_tokens: int,
                       output_tokens: int) -> int | None:
         """A grant id once the request may start; None when the budget does not allow it."""
-        lim, line = self.limiters[model], self.lines[model]
+        line = self.lines[model]
         loop = asyncio.get_running_loop()
         turn: asyncio.Future = loop.create_future()
         line.append(turn)
@@ -44,70 +44,67 @@ class Gate:
             turn.set_result(None)
         try:
             await turn
-            worst = cost_usd(self.models[model].price, input_tokens, output_tokens)
             while True:
-                wait = lim.wait(time.monotonic(), input_tokens, output_tokens)
+                wait, grant = self._try(model, holder, input_tokens, output_tokens)
                 if wait == 0:
-                    verdict = self.budget.reserve(worst)
-                    if verdict == "refused":
-                        return None
-                    if verdict == "ok":
-                        break
-                    wait = math.inf  # until a request in flight settles
+                    return grant
                 freed = self.freed.setdefault(model, asyncio.Event())
                 freed.clear()
                 # A release or a 429 may change the answer: look again at least every second.
                 timeout = 1.0 if math.isinf(wait) else min(wait, 1.0)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(freed.wait(), timeout)
-            return self._grant(model, holder, input_tokens, output_tokens, worst)
         finally:
             was_first = bool(line) and line[0] is turn
             line.remove(turn)
             if was_first and line:
                 line[0].set_result(None)
 
-    def _grant(self, model: str, holder: str, input_tokens: int, output_tokens: int,
-               worst: float) -> int:
+    def _try(self, model: str, holder: str, input_tokens: int,
+             output_tokens: int) -> tuple[float, int | None]:
+        """(0, grant id) when the request may start now; (seconds, None) to wait first (inf:
+        until a request in flight settles); (0, None) when the budget refuses it."""
+        wait = self.limiters[model].wait(time.monotonic(), input_tokens, output_tokens)
+        if wait > 0:
+            return wait, None
+        worst = cost_usd(self.models[model].price, input_tokens, output_tokens)
+        verdict = self.budget.reserve(worst)
+        if verdict != "ok":
+            return (math.inf if verdict == "wait" else 0.0), None
         grant = Grant(next(self.ids), holder, input_tokens, output_tokens, cost=worst)
         self.limiters[model].take(time.monotonic(), grant)
         self.requests[model][holder] = self.requests[model].get(holder, 0) + 1
-        return grant.id
+        return 0.0, grant.id
 
     async def acquire_many(self, model: str, holder: str,
                            sizes: list[tuple[int, int]]) -> list[int | None]:
         """Grants for a batch, in order: the first as `acquire` gives it, then as many more
         as fit at once with nobody waiting ahead; the caller asks again for the rest. One call
         per batch instead of one per request keeps the gate off the critical path."""
-        first = await self.acquire(model, holder, *sizes[0])
-        grants: list[int | None] = [first]
-        lim = self.limiters[model]
-        for input_tokens, output_tokens in sizes[1:]:
-            if first is None or self.lines[model] or lim.wait(
-                    time.monotonic(), input_tokens, output_tokens) > 0:
+        grants = [await self.acquire(model, holder, *sizes[0])]
+        for size in sizes[1:]:
+            if grants[-1] is None or self.lines[model]:
                 break
-            worst = cost_usd(self.models[model].price, input_tokens, output_tokens)
-            if self.budget.reserve(worst) != "ok":
+            wait, grant = self._try(model, holder, *size)
+            if wait > 0 or grant is None:
                 break
-            grants.append(self._grant(model, holder, input_tokens, output_tokens, worst))
+            grants.append(grant)
         return grants
 
-    def settle_many(self, model: str, items: list[tuple[int, dict[str, int], str]]) -> None:
+    def settle_many(self, model: str, items: list[tuple[int, dict[str, float], str]]
+                    ) -> None:
         for grant_id, usage, error in items:
             self.settle(model, grant_id, usage, error)
 
-    def settle(self, model: str, grant_id: int, usage: dict[str, int], error: str = "") -> None:
-        """The request ended (answered, or failed after the SDK's retries)."""
+    def settle(self, model: str, grant_id: int, usage: dict[str, float], error: str = "") -> None:
+        """The request ended (answered, or failed after the SDK's retries); `usage` holds its
+        tokens and the cost its client computed from them."""
         grant = self.limiters[model].release(grant_id, usage.get("prompt_tokens", 0)
                                              + usage.get("cache_read_tokens", 0)
                                              + usage.get("cache_write_tokens", 0),
                                              usage.get("completion_tokens", 0))
         if grant is not None:
-            actual = cost_usd(self.models[model].price, usage.get("prompt_tokens", 0),
-                              usage.get("completion_tokens", 0),
-                              usage.get("cache_read_tokens", 0),
-                              usage.get("cache_write_tokens", 0))
-            self.budget.settle(grant.cost, actual)
+            self.budget.settle(grant.cost, usage.get("cost_usd", 0.0))
         if error:
             self.failures_in_row[model] += 1
             self.last_error[model] = error[:300]

@@ -42,9 +42,6 @@ class Secret:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> tuple[Any, ...]:  # travels to actors as an argument, masked in reprs
-        return (Secret, (self._value,))
-
 
 def retry_after_s(headers: Any) -> float | None:
     """Seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""

@@ -8,8 +8,10 @@ from actors.config import Price
 from actors.limits import cache_saving_usd
 from actors.runlog import add_counts
 
-SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cache_read_tokens",
-          "cache_write_tokens", "cost_usd")
+# What each response record carries and the writer sums per "stage:model".
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
+              "cost_usd")
+SUMMED = ("requests", "errors", *USAGE_KEYS)
 
 
 def summarize(usage: dict[str, dict[str, Any]], prices: dict[str, Price]) -> dict[str, Any]:

@@ -19,9 +19,7 @@ from actors.recovery import completion_of, load_state
 from actors.remote import Mirror
 from actors.runlog import DATA_FILES, RunDirError, RunFiles, add_counts, read_committed, recover
 from actors.stages import Stages
-
-USAGE_KEYS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
-              "cost_usd")
+from actors.usage import USAGE_KEYS
 
 
 class Writer:
