@@ -167,6 +167,9 @@ class ProposeStage(Decoding):
     num_shots: int = Field(8, ge=1)
     num_machine_shots: int = Field(2, ge=0)
     capitalize: bool = Field(False, description="the original's .capitalize() quirk")
+    strip_leading_number: bool = Field(
+        True, description="a response that restates the number ('9. Tell me') loses it; "
+        "false: the original, which keeps '9. Tell me' as the instruction")
     machine_shot_lag: int = Field(
         20, ge=1, description="prompt k samples machine shots from tasks accepted from prompts "
         "before k - lag, so runs are reproducible whatever the timing")
@@ -190,6 +193,12 @@ class InstancesStage(Decoding):
     presence_penalty: float = 1.5
     stop: list[str] = Field(default_factory=lambda: ["\n\nTask:", "\nTask:"])
     input_first_for_all: bool = Field(False, description="ablation: no output-first path")
+    keep_unmarked: bool = Field(
+        True, description="input-first: a response with no Example/Input/Output marker is one "
+        "no-input instance; false: the original, which drops the task")
+    strip_input_label: bool = Field(
+        True, description="output-first: the input loses its 'Input:' label and a run-on "
+        "'Output:'; false: the original, which keeps the block after the label line as written")
 
 
 class Stages(Strict):
@@ -213,6 +222,8 @@ class Keywords(Strict):
 
 class StartsWith(Strict):
     prefixes: list[str] = Field(default_factory=lambda: ["Write a program"])
+    ignore_case: bool = Field(True, description="the original tests after .capitalize(), so "
+                              "'write a Program' is caught too")
     enabled: bool = True
 
 

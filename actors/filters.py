@@ -61,10 +61,13 @@ def _keywords(name: str, words: list[str]) -> InstructionRule:
     return rule
 
 
-def _starts_with(name: str, prefixes: list[str]) -> InstructionRule:
+def _starts_with(name: str, prefixes: list[str], ignore_case: bool = True) -> InstructionRule:
+    """The original tests "Write a program" after `.capitalize()`, which makes the test blind to
+    case; `ignore_case` keeps that without changing the instruction's own case."""
     def rule(text: str) -> Verdict:
+        head = text.lower() if ignore_case else text
         for prefix in prefixes:
-            if text.startswith(prefix):
+            if head.startswith(prefix.lower() if ignore_case else prefix):
                 return Verdict(False, name, f"starts with {prefix!r}")
         return PASS
 

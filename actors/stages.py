@@ -132,7 +132,9 @@ class Stages:
         if c.finish_reason in UNDONE:
             out.reject("propose", c.finish_reason, c.error or "request did not complete", base)
             return out
-        parsed = parse_instructions(c.text, c.truncated, self.cfg.stages.propose.capitalize)
+        conf = self.cfg.stages.propose
+        parsed = parse_instructions(c.text, c.truncated, conf.capitalize,
+                                    conf.strip_leading_number)
         if parsed.dropped_reason:
             reason = {"truncated": "response cut off by the length limit, dropped whole",
                       "empty": "no instruction in the response"}[parsed.dropped_reason]
@@ -187,9 +189,10 @@ class Stages:
         return self.templates[mode].render(instruction=task["instruction"])
 
     def _parse_instances(self, task: dict[str, Any], c: Completion) -> list[Instance]:
-        mode = self.instance_mode(task["is_classification"])
-        parse = parse_output_first if mode == "instances_output_first" else parse_input_first
-        return parse(c.text, c.truncated)
+        conf = self.cfg.stages.instances
+        if self.instance_mode(task["is_classification"]) == "instances_output_first":
+            return parse_output_first(c.text, c.truncated, conf.strip_input_label)
+        return parse_input_first(c.text, c.truncated, conf.keep_unmarked)
 
     def instance_problem(self, task: dict[str, Any], c: Completion) -> str:
         if c.finish_reason in UNDONE or c.truncated:

@@ -52,10 +52,26 @@ def test_keywords(text, ok):
 
 def test_starts_with_punctuation_ascii():
     assert verdict("Write a program that sorts a list").rule == "starts_with"
-    assert verdict("write a program that sorts a list").ok  # case-sensitive, as the original
+    assert verdict("Explain why the sky is blue").ok
     assert verdict("\"Quote this sentence please now\"").rule == "first_char_punctuation"
     assert verdict("Érase una vez una historia bonita").rule == "first_char_ascii"
-    assert verdict("Explain why the sky is blue").ok
+
+
+@pytest.mark.parametrize("text", ["write a program that sorts a list",
+                                  "Write a Program that sorts a list",
+                                  "WRITE A PROGRAM that sorts a list"])
+def test_write_a_program_in_any_case(text):
+    # The original tests the prefix after .capitalize(), so every casing of it is caught.
+    assert text.capitalize().startswith("Write a program")
+    assert verdict(text).rule == "starts_with"
+
+
+def test_starts_with_can_be_case_sensitive():
+    conf = Filters().instruction.model_dump()
+    conf["starts_with"]["ignore_case"] = False
+    chain = build_chain(INSTRUCTION_RULES, conf)
+    assert apply_chain(chain, "Write a program that sorts a list").rule == "starts_with"
+    assert apply_chain(chain, "write a Program that sorts a list").ok
 
 
 def test_disabled_rule_is_skipped():
