@@ -1,4 +1,5 @@
-"""`selfinstruct` (also `python -m actors`): run, validate, dedup, report, sample, export."""
+"""`selfinstruct` (or `python -m actors`): run, validate, dedup, report, repair, sample, export,
+evaluate"""
 
 from __future__ import annotations
 
@@ -6,32 +7,41 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from actors.config import ConfigError, load_config
+from actors.config import ConfigError, check_flag, load_config
 from actors.dedup import DedupInputError
+from actors.evaluate import DEFAULT_TASKS, EvalError
 from actors.export import ExportError
 from actors.prompts import TemplateError
 from actors.seeds import SeedError
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from actors.pipeline import load_all_seeds, load_templates
+    from actors.preflight import check_prompts
+    from actors.run_inputs import load_all_seeds, load_templates
 
     cfg = load_config(args.config)
     seeds = load_all_seeds(cfg)
-    load_templates(cfg)
+    fits = check_prompts(cfg, load_templates(cfg))
     print(f"{args.config}: valid ({len(seeds)} seed tasks, target {cfg.run.target}, "
           f"{len(cfg.models)} model(s))")
+    for fit in fits:
+        print(f"  {fit}")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from actors.pipeline import run_pipeline
+    from actors.preflight import check_prompts
+    from actors.run_inputs import load_templates
 
     cfg = load_config(args.config)
+    check_prompts(cfg, load_templates(cfg))  # before Ray or a model starts
     if args.dry_run:
         return _dry_run(cfg, args)
+    from actors.pipeline import run_pipeline
+
     summary = run_pipeline(cfg, out_dir=args.out, target=args.target,
                            progress=not args.no_progress, resume=args.resume,
                            max_cost=args.max_cost)
@@ -51,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
     from actors.estimate import Rates, estimate, observed_rates, render
-    from actors.pipeline import load_all_seeds, load_templates
+    from actors.run_inputs import load_all_seeds, load_templates
 
     rates = observed_rates(args.rates_from) if args.rates_from else Rates()
     if args.latency:
@@ -68,12 +78,17 @@ def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_dedup(args: argparse.Namespace) -> int:
+    import contextlib
     import time
     from collections import deque
+    from pathlib import Path
 
-    from actors.dedup import DedupStats, greedy_pass, read_jsonl
+    from actors.dedup import DedupStats, check_outputs, greedy_pass, read_jsonl
     from actors.dedup_index import RougeIndex
+    from actors.files import replaced_on_success
 
+    check_outputs([args.input, *(args.against or [])],
+                  {"--out": args.out, "--rejected": args.rejected})
     start = time.perf_counter()
     index = RougeIndex(args.threshold, args.keep_at_threshold, args.floor, args.neighbours)
     stats = DedupStats()
@@ -89,9 +104,10 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
             stats.candidates += 1
             yield str(rec.get("id", f"{args.input}:{lineno}")), text
 
-    out = open(args.out, "w", encoding="utf-8")  # noqa: SIM115
-    rejected = open(args.rejected, "w", encoding="utf-8") if args.rejected else None  # noqa: SIM115
-    try:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(replaced_on_success(Path(args.out), DedupInputError))
+        rejected = stack.enter_context(replaced_on_success(
+            Path(args.rejected), DedupInputError)) if args.rejected else None
         for _, decision in greedy_pass(index, candidates(), args.batch_size):
             rec = records.popleft()
             if decision.keep:
@@ -102,10 +118,6 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
                     "record": rec, "max_rouge_l": decision.max_score,
                     "neighbours": [{"id": n.id, "score": n.score} for n in decision.neighbours],
                 }, ensure_ascii=False) + "\n")
-    finally:
-        out.close()
-        if rejected:
-            rejected.close()
     wall = time.perf_counter() - start
     rule = "keep if max <= threshold" if args.keep_at_threshold else "keep if max < threshold"
     print(json.dumps({
@@ -145,27 +157,46 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from actors.quality import draw_sample, grade_percentages, judge_rows
+    from actors.quality import draw_sample, grade_percentages, judge_messages, judge_rows, ungraded
 
     rows = draw_sample(_tasks_of(args.path), args.n, args.seed)
-    if args.judge:
-        from actors.llm import LocalModelWorker, make_request
-
-        cfg = load_config(args.config)
-        if args.judge not in cfg.models:
-            raise ConfigError(f"{args.config}: --judge {args.judge!r} is not under 'models'")
-        worker = LocalModelWorker(cfg.models[args.judge])
-        dec = cfg.stages.classify.model_copy(update={"max_tokens": 40, "mode": "chat"})
-        rows = judge_rows(rows, lambda msgs: worker._run(make_request(msgs, dec, 0)).text,
-                          cfg.models[args.judge].name)
     base = Path(args.path)
     out = Path(args.out) if args.out else (base / "quality_sample.jsonl" if base.is_dir()
                                            else base.with_name(base.stem + "_quality.jsonl"))
+    failed = 0
+    if args.judge:
+        # Through the provider interface, the gate and the cache, as the pipeline asks.
+        from actors.asker import ask_all, model_names
+        from actors.config import Decoding
+        from actors.llm import make_request
+
+        cfg = load_config(args.config)
+        model_names(cfg, [args.judge], args.config, "--judge")
+        dec = Decoding(mode="chat", temperature=0.0, max_tokens=40)
+        answers = ask_all(cfg, args.judge, [make_request(judge_messages(r), dec, 0)
+                                            for r in rows],
+                          cfg.cache.path or str(out.parent / "cache.sqlite"), "quality-judge")
+        rows = judge_rows(rows, answers, cfg.models[args.judge].label)
+        failed = sum(1 for c in answers if c.error)
     with out.open("w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     print(json.dumps({"sampled": len(rows), "out": str(out),
-                      "grades": grade_percentages(rows) or "fill 'grades' in the file"},
+                      "grades": grade_percentages(rows) or "fill 'grades' in the file",
+                      **({"ungraded": ungraded(rows)} if args.judge else {})},
                      indent=2))
+    if failed:
+        print(f"error: {failed} judge request(s) failed (see judge_error in {out})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actors.repair import repair
+
+    print(json.dumps(repair(Path(args.path)), indent=2))
     return 0
 
 
@@ -181,6 +212,43 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from actors.evaluate import EvalOptions, evaluate
+
+    cfg = load_config(args.config)
+    opts = EvalOptions(models=args.models, judge=args.judge, tasks=args.tasks, limit=args.limit,
+                       seed=args.seed, pairwise=args.pairwise, max_cost=args.max_cost,
+                       human=args.human, answer_mode=args.answer_mode,
+                       max_tokens=args.max_tokens, judge_max_tokens=args.judge_max_tokens,
+                       max_in_flight=args.max_in_flight, progress=not args.no_progress)
+    summary = evaluate(cfg, opts, args.out, args.resume)
+    keep = ("answered", "graded", "counts", "shares", "unparseable", "answer_errors",
+            "judge_errors", "pairwise")
+    print(json.dumps({
+        "status": summary["status"], "out": summary["out"], "questions": summary["questions"],
+        "models": {m: {k: e[k] for k in keep if k in e} for m, e in summary["models"].items()},
+        **({"human_agreement": summary["human_agreement"]} if "human_agreement" in summary
+           else {}),
+        "spent_usd": summary["spent_usd"], "report": summary["report"]}, indent=2))
+    if summary["status"] in ("failed", "incomplete"):
+        print(f"error: {summary.get('failure') or 'some requests failed'}; --resume asks "
+              f"them again", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _config_flag(key: str) -> Callable[[str], Any]:
+    """The argparse `type` of a flag that stands for config key `key`: checked by the YAML's
+    rule before anything starts, so `--max-cost 0` is refused as `max_cost: 0` is."""
+    def parse(text: str) -> Any:
+        try:
+            return check_flag(key, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfinstruct", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="go on with the run in --out where it stopped (same method config)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--max-cost", type=float, metavar="USD",
+    run.add_argument("--max-cost", type=_config_flag("run.max_cost"), metavar="USD",
                      help="stop gracefully once the run has spent this much (run.max_cost)")
     run.add_argument("--dry-run", action="store_true",
                      help="estimate requests, tokens, cost and time for the target; send nothing")
@@ -230,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed file(s) for novelty (default: the run's seeds)")
     rep.set_defaults(func=_cmd_report)
 
+    rpr = sub.add_parser("repair", help="rebuild a run's dataset.jsonl, cut outside the "
+                         "program, from its commits")
+    rpr.add_argument("path", metavar="RUN_DIR", help="the run directory")
+    rpr.set_defaults(func=_cmd_repair)
+
     smp = sub.add_parser("sample", help="draw the paper's quality sample to grade")
     smp.add_argument("path", help="a run directory, or any seed-schema JSONL file")
     smp.add_argument("--n", type=int, default=200)
@@ -248,6 +321,36 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--templates", help="prompt-completion templates (YAML)")
     exp.set_defaults(func=_cmd_export)
+
+    ev = sub.add_parser("evaluate", help="answer evaluation tasks with models, grade A-D "
+                        "with a judge model (the paper's human evaluation)")
+    ev.add_argument("config", nargs="?", default="pipeline.yaml")
+    ev.add_argument("--models", nargs="+", required=True, metavar="NAME",
+                    help="models under 'models' in the config that answer")
+    ev.add_argument("--judge", required=True, metavar="NAME", help="the model that grades")
+    ev.add_argument("--out", required=True, help="evaluation directory")
+    ev.add_argument("--tasks", default=str(DEFAULT_TASKS),
+                    help="seed-schema JSONL (default: the paper's 252 user-oriented tasks)")
+    ev.add_argument("--limit", type=int, help="this many tasks, drawn at random (--seed)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--pairwise", action="store_true",
+                    help="also compare each two models' answers, asked in both orders")
+    ev.add_argument("--human", metavar="FILE",
+                    help="human grades (JSONL: task_id, instance, model, grade): report the "
+                         "judge's agreement (Cohen's kappa)")
+    ev.add_argument("--resume", action="store_true",
+                    help="go on with the evaluation in --out (same settings)")
+    ev.add_argument("--max-cost", type=float, metavar="USD",
+                    help="stop gracefully once the directory has spent this much")
+    ev.add_argument("--answer-mode", choices=["chat", "completion"], default="chat",
+                    help="chat: instruction and input as one user turn; completion: the "
+                         "export's first prompt-completion template")
+    ev.add_argument("--max-tokens", type=int, default=512, help="per answer")
+    ev.add_argument("--judge-max-tokens", type=int, default=256, help="per judgement")
+    ev.add_argument("--max-in-flight", type=int, default=16,
+                    help="requests in flight (and per committed batch)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev.set_defaults(func=_cmd_evaluate)
     return parser
 
 
@@ -258,12 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ConfigError, SeedError, TemplateError, DedupInputError, ExportError) as exc:
+    except (ConfigError, SeedError, TemplateError, DedupInputError, ExportError,
+            EvalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from actors.pipeline import RunError
         from actors.resume import ResumeError
+        from actors.run_inputs import RunError
         from actors.runlog import RunDirError
 
         if isinstance(exc, RunError | ResumeError | RunDirError):

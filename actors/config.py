@@ -17,9 +17,12 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
+
+from actors.files import read_text
 
 
 class ConfigError(ValueError):
@@ -353,7 +356,39 @@ def _format_error(source: str, err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"{source}: {path}: required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{source}: {path}: {msg} (got {err.get('input')!r})"
+    return f"{source}: {path}: {msg} (got {_offending(msg, err.get('input'))})"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as an error message shows it: a mapping or a list by its size (the whole config
+    would bury the message), anything else as written, cut to `limit` characters."""
+    if isinstance(value, dict | list):
+        kind, unit = ("mapping", "key") if isinstance(value, dict) else ("list", "item")
+        return f"a {kind} of {len(value)} {unit}{'' if len(value) == 1 else 's'}"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _offending(msg: str, value: Any) -> str:
+    """What a check got: for a section's own check ('temperature must be ...'), the key the
+    message names and its value, not the section."""
+    if isinstance(value, dict):
+        key = next((k for k in value if isinstance(k, str) and msg.startswith(f"{k} ")), None)
+        if key is not None:
+            return f"{key}: {_short(value[key])}"
+    return _short(value)
+
+
+def check_flag(key: str, text: str) -> Any:
+    """A command-line value that stands for config key `key` ('run.max_cost'), parsed and
+    checked by that key's own rule, so a flag accepts exactly what the YAML does."""
+    section, name = key.split(".")
+    info = Pipeline.model_fields[section].annotation.model_fields[name]
+    try:
+        return TypeAdapter(Annotated[info.annotation, info]).validate_python(text)
+    except ValidationError as exc:
+        msg = exc.errors()[0]["msg"]
+        raise ConfigError(f"{text!r}: {msg}, as for {key} in the config") from None
 
 
 def resolve_path(base: Path, value: str) -> Path:
@@ -403,7 +438,7 @@ def load_config(path: str | Path | None) -> Pipeline:
         return parse_config({}, "(defaults)", Path.cwd())
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, ConfigError)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.dedup_index import Decision, RougeIndex
+from actors.files import same_file, text_lines
 
 
 class DedupInputError(ValueError):
@@ -20,18 +21,32 @@ def read_jsonl(path: str | Path, field: str) -> Iterator[tuple[int, dict[str, An
     path = Path(path)
     if not path.is_file():
         raise DedupInputError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DedupInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
-                raise DedupInputError(
-                    f"{path}:{lineno}: no string field {field!r} (choose one with --field)")
-            yield lineno, rec, rec[field]
+    for lineno, line in text_lines(path, DedupInputError):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DedupInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
+            raise DedupInputError(
+                f"{path}:{lineno}: no string field {field!r} (choose one with --field)")
+        yield lineno, rec, rec[field]
+
+
+def check_outputs(inputs: list[str], outputs: dict[str, str | None]) -> None:
+    """Refuse an output file that is also an input, or another output, before anything is
+    read: it would be replaced while it is still needed."""
+    named = [(flag, Path(p)) for flag, p in outputs.items() if p]
+    for k, (flag, path) in enumerate(named):
+        for src in inputs:
+            if same_file(path, Path(src)):
+                raise DedupInputError(f"{flag} {path}: is also an input ({src}); write to "
+                                      f"another file")
+        for other_flag, other in named[:k]:
+            if same_file(path, other):
+                raise DedupInputError(f"{flag} {path}: is also {other_flag}; give each its "
+                                      f"own file")
 
 
 @dataclass

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.files import read_text
 from actors.parsing import collapse_ws
 
 _HEADER = re.compile(r"^=== (system|user|assistant) ===[ \t]*$", re.MULTILINE)
@@ -50,7 +51,9 @@ class Template:
     def render(self, **values: str) -> str | list[Message]:
         missing = self.placeholders - values.keys()
         if missing:
-            raise TemplateError(f"{self.path}: no value for {{{{{sorted(missing)[0]}}}}}")
+            known = ", ".join("{{" + k + "}}" for k in sorted(values)) or "none"
+            raise TemplateError(f"{self.path}: unknown placeholder {{{{{sorted(missing)[0]}}}}}"
+                                f"; this stage fills {known} (fix the spelling or remove it)")
 
         def fill(s: str) -> str:
             for name, value in values.items():
@@ -77,7 +80,7 @@ def load_template(prompts_dir: str | Path, stage: str, mode: str) -> Template:
     """`prompts/{stage}.{mode}.txt`: one file per stage and mode."""
     path = Path(prompts_dir) / f"{stage}.{mode}.txt"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, TemplateError)
     except FileNotFoundError:
         raise TemplateError(f"{path}: prompt template not found") from None
     if mode == "chat":

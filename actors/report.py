@@ -28,6 +28,7 @@ from actors.analysis import (  # noqa: E402
     verb_noun_diversity,
 )
 from actors.quality import QUESTIONS, grade_percentages  # noqa: E402
+from actors.seeds import SeedError  # noqa: E402
 
 STAGES = ["propose", "filter", "dedup", "classify", "task", "instances"]
 
@@ -169,8 +170,22 @@ def compute(source: Source, seeds: list[str] | None, parse: Any = None) -> dict[
     return out
 
 
+EXPECTS = "`report` expects a run directory (holding dataset.jsonl) or a seed-schema JSONL file"
+
+
+def check_source(path: Path) -> None:
+    """Refuse what is neither a run directory nor a file before drawing anything, rather than
+    an all-zero report of an empty folder."""
+    if not path.exists():
+        raise SeedError(f"{path}: not found; {EXPECTS}")
+    if path.is_dir() and not (path / "dataset.jsonl").is_file():
+        raise SeedError(f"{path}: a folder without dataset.jsonl, so not a run directory; "
+                        f"{EXPECTS}")
+
+
 def write_report(path: str | Path, out_dir: str | Path | None = None,
                  seeds: list[str] | None = None, parse: Any = None) -> dict[str, Any]:
+    check_source(Path(path))
     source = load_source(path)
     if out_dir is None:
         out_dir = (source.run_dir / "report") if source.run_dir else \

@@ -100,10 +100,12 @@ def recover(run_dir: Path, truncate: bool = True) -> Committed:
                 if n == want:
                     break
         if n < want:
+            fix = f"run `selfinstruct repair {run_dir}` to rebuild it from the commits, " \
+                if name == "dataset" else ""
             raise RunDirError(
                 f"{path}: holds {n} complete lines but {COMMITS} vouches for {want}; the file "
-                f"was changed or cut outside this program. Restore it, or start a new run "
-                f"directory")
+                f"was changed or cut outside this program. Restore it, {fix}or start a new "
+                f"run directory")
         if path.exists():
             _truncate(path, end)
     return committed

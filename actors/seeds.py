@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.files import text_lines
+
 
 class SeedError(ValueError):
     pass
@@ -31,6 +33,7 @@ class SeedTask:
     instances: tuple[SeedInstance, ...]
     is_classification: bool
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    source: str = field(default="", compare=False)  # 'file:line', for messages about it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,32 +86,34 @@ def parse_seed(obj: Any, where: str) -> SeedTask:
         raise SeedError(f"{where}: 'name' must be str")
     known = {"id", "name", "instruction", "instances", "is_classification"}
     extra = {k: v for k, v in obj.items() if k not in known}
-    return SeedTask(task_id, name, instruction, tuple(instances), is_cls, extra)
+    return SeedTask(task_id, name, instruction, tuple(instances), is_cls, extra, where)
 
 
-def load_seeds(path: str | Path) -> list[SeedTask]:
-    """Read a seed-schema JSONL file; every problem names `file:line`."""
+def load_seeds(path: str | Path, defaults: dict[str, Any] | None = None) -> list[SeedTask]:
+    """Read a seed-schema JSONL file; every problem names `file:line`. `defaults` fill keys a
+    record leaves out (the paper's evaluation tasks carry no `is_classification`)."""
     path = Path(path)
     if not path.is_file():
         raise SeedError(f"{path}: seed file not found")
     tasks: list[SeedTask] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SeedError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"
-                                ) from None
-            task = parse_seed(obj, where)
-            if task.id in seen:
-                raise SeedError(f"{where}: duplicate id {task.id!r} (first on line "
-                                f"{seen[task.id]})")
-            seen[task.id] = lineno
-            tasks.append(task)
+    for lineno, line in text_lines(path, SeedError):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SeedError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"
+                            ) from None
+        if defaults and isinstance(obj, dict):
+            obj = {**defaults, **obj}
+        task = parse_seed(obj, where)
+        if task.id in seen:
+            raise SeedError(f"{where}: duplicate id {task.id!r} (first on line "
+                            f"{seen[task.id]})")
+        seen[task.id] = lineno
+        tasks.append(task)
     if not tasks:
         raise SeedError(f"{path}: no seed tasks in the file")
     return tasks

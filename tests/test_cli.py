@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from actors.cli import main
 from tests.conftest import ROOT
 
@@ -26,8 +28,8 @@ def test_run_rejects_bad_target(capsys):
 
 def test_resume_with_a_changed_method_is_refused_before_anything_starts(tmp_path, capsys):
     from actors.config import load_config
-    from actors.pipeline import load_templates
     from actors.resume import fingerprint
+    from actors.run_inputs import load_templates
 
     cfg = load_config(ROOT / "pipeline.yaml")
     cfg.stages.instances.max_tokens = 500
@@ -44,3 +46,12 @@ def test_resume_with_a_changed_method_is_refused_before_anything_starts(tmp_path
     assert main(["run", str(ROOT / "pipeline.yaml"), "--out", str(tmp_path / "new"),
                  "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_max_cost_is_refused_as_the_yaml_refuses_it(value, capsys):
+    with pytest.raises(SystemExit) as info:  # argparse: before anything is read or started
+        main(["run", str(ROOT / "pipeline.yaml"), "--dry-run", "--max-cost", value])
+    assert info.value.code == 2
+    assert (f"argument --max-cost: '{value}': Input should be greater than 0, as for "
+            f"run.max_cost in the config") in capsys.readouterr().err

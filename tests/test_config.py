@@ -1,6 +1,6 @@
 import pytest
 
-from actors.config import ConfigError, Pipeline, load_config, parse_config
+from actors.config import ConfigError, Pipeline, check_flag, load_config, parse_config
 from tests.conftest import ROOT
 
 
@@ -82,3 +82,33 @@ def test_actor_resources_become_ray_options():
     assert cfg.actors.instancer.options() == {"num_cpus": 0, "num_gpus": 0.5,
                                               "resources": {"gpu_node": 1}}
     assert cfg.actors.proposer.options() == {"num_cpus": 0, "num_gpus": 0}
+
+
+@pytest.mark.parametrize("text,shown", [
+    # A check of the whole config shows no part of it; one of a section, the key it names.
+    ("stages:\n  classify:\n    model: gpt\n", "(got a mapping of 4 keys)"),
+    ("stages:\n  propose:\n    temperature: 3\n", "(got temperature: 3)"),
+    ("dedup:\n  threshold: [1, 2, 3]\n", "(got a list of 3 items)"),
+    ("run:\n  target: " + "x" * 300 + "\n", "(got '" + "x" * 76 + "...)"),
+])
+def test_an_error_shows_only_the_offending_value_shortened(tmp_path, text, shown):
+    path = _write(tmp_path, text + "prompts_dir: prompts\nactors: {proposers: 3}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (line,) = str(info.value).splitlines()
+    assert line.endswith(shown) and len(line) < len(str(path)) + 200
+
+
+def test_a_flag_is_checked_by_the_rule_of_its_config_key():
+    assert check_flag("run.max_cost", "2.5") == 2.5
+    for text in ("0", "-5"):
+        with pytest.raises(ConfigError, match=f"'{text}': Input should be greater than 0, as "
+                           f"for run.max_cost in the config"):
+            check_flag("run.max_cost", text)
+
+
+def test_a_config_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"run:\n  out: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml:2: not UTF-8 text \(byte 0xe9 at byte 11"):
+        load_config(path)

@@ -92,5 +92,15 @@ def test_chat_template_errors(tmp_path):
     with pytest.raises(TemplateError, match="not found"):
         load_template(tmp_path, "propose", "chat")
     (tmp_path / "propose.completion.txt").write_text("{{shots}} and {{other}}")
-    with pytest.raises(TemplateError, match="other"):
+    with pytest.raises(TemplateError) as info:
         load_template(tmp_path, "propose", "completion").render(shots="x")
+    assert str(info.value) == (f"{tmp_path}/propose.completion.txt: unknown placeholder "
+                               f"{{{{other}}}}; this stage fills {{{{shots}}}} (fix the spelling "
+                               f"or remove it)")
+
+
+def test_a_template_that_is_not_utf8_names_its_line(tmp_path):
+    (tmp_path / "propose.completion.txt").write_bytes(b"Come up with\ntasks, caf\xe9 {{shots}}")
+    with pytest.raises(TemplateError, match=r"propose\.completion\.txt:2: not UTF-8 text \(byte "
+                       r"0xe9 at byte 11 of the line\); save the file as UTF-8"):
+        load_template(tmp_path, "propose", "completion")

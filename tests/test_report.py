@@ -115,6 +115,21 @@ def test_report_cli_on_a_seed_file(tmp_path, capsys):
     assert (out / "index.html").is_file() and (out / "verb_noun.png").is_file()
 
 
+@pytest.mark.parametrize("made,what", [
+    (True, "a folder without dataset.jsonl, so not a run directory"),
+    (False, "not found"),
+])
+def test_report_refuses_what_is_neither_a_run_nor_a_seed_file(tmp_path, capsys, made, what):
+    path = tmp_path / "run"
+    if made:
+        path.mkdir()
+    assert main(["report", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: {what}; `report` expects a run directory (holding dataset.jsonl) or a "
+        f"seed-schema JSONL file\n")
+    assert sorted(tmp_path.rglob("*")) == ([path] if made else [])  # no report written
+
+
 def test_quality_sample_and_grades(tmp_path, capsys):
     tasks = load_seeds(ROOT / "seeds" / "seed_tasks.jsonl")
     rows = draw_sample(tasks, 200, seed=1)

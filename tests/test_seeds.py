@@ -69,3 +69,18 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(SeedError, match="no seed tasks"):
         load_seeds(tmp_path / "empty.jsonl")
+
+
+def test_bytes_that_are_not_utf8_name_the_file_line_and_byte(tmp_path):
+    good = ('{"id": "a", "instruction": "x", "instances": [{"input": "", "output": "y"}], '
+            '"is_classification": false}')
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(("\ufeff" + good + "\n").encode() + good.replace('"a"', '"caf\xe9"')
+                     .encode("latin-1") + b"\n")
+    with pytest.raises(SeedError) as info:
+        load_seeds(path)
+    assert str(info.value) == (f"{path}:2: not UTF-8 text (byte 0xe9 at byte 12 of the line); "
+                               f"save the file as UTF-8")
+    path.write_bytes(("\ufeff" + good + "\n").encode())  # a byte-order mark is fine
+    (task,) = load_seeds(path)
+    assert task.id == "a" and task.source == f"{path}:1"
