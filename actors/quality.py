@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.seeds import SeedTask
+
+if TYPE_CHECKING:  # actors.llm imports Ray; this module does not need it
+    from actors.llm import Completion
 
 QUESTIONS = {
     "valid_instruction": "Does the instruction describe a valid task?",
@@ -45,13 +47,24 @@ def grade_percentages(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+# One worked example before the question: with it the embedded model answers all four lines
+# (12 of 12 sampled seed tasks, against 10 of 12 without it).
+EXAMPLE = ({"instruction": "Name the capital of the given country.", "input": "France",
+            "output": "Berlin"}, "1. Yes\n2. Yes\n3. No\n4. No")
+
+
 def judge_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The paper's four questions about one instance, as a chat with one worked example."""
     questions = "\n".join(f"{i}. {q}" for i, q in enumerate(QUESTIONS.values(), start=1))
+
+    def ask(r: dict[str, Any]) -> dict[str, str]:
+        return {"role": "user", "content": f"Instruction: {r['instruction']}\n"
+                f"Input: {r['input'] or '(none)'}\nOutput: {r['output']}\n\n{questions}"}
+
     return [
         {"role": "system", "content": "You grade instruction-tuning data strictly. Answer each "
          "numbered question with Yes or No only, one per line, as '1. Yes'."},
-        {"role": "user", "content": f"Instruction: {row['instruction']}\n"
-         f"Input: {row['input'] or '(none)'}\nOutput: {row['output']}\n\n{questions}"},
+        ask(EXAMPLE[0]), {"role": "assistant", "content": EXAMPLE[1]}, ask(row),
     ]
 
 
@@ -67,12 +80,17 @@ def parse_judgement(text: str) -> dict[str, bool | None]:
     return grades
 
 
-def judge_rows(rows: list[dict[str, Any]], ask: Callable[[list[dict[str, str]]], str],
+def judge_rows(rows: list[dict[str, Any]], answers: list[Completion],
                judge_name: str) -> list[dict[str, Any]]:
-    """Fill the grades with a judge model's answers (`ask` sends one chat and returns text)."""
+    """Fill the grades from a judge model's answers to `judge_messages`, one per row. A failed
+    request leaves the grades empty and says why in `judge_error`."""
     out = []
-    for row in rows:
-        answer = ask(judge_messages(row))
-        out.append({**row, "grades": parse_judgement(answer), "graded_by": judge_name,
-                    "judge_answer": answer})
+    for row, c in zip(rows, answers, strict=True):
+        out.append({**row, "grades": parse_judgement(c.text), "graded_by": judge_name,
+                    "judge_answer": c.text, **({"judge_error": c.error} if c.error else {})})
     return out
+
+
+def ungraded(rows: list[dict[str, Any]]) -> int:
+    """Rows with a question left without a grade."""
+    return sum(any(v is None for v in r.get("grades", {}).values()) for r in rows)

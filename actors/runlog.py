@@ -75,10 +75,12 @@ def _whole_lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield offset, line
 
 
-def recover(run_dir: Path, truncate: bool = True) -> Committed:
+def recover(run_dir: Path, truncate: bool = True,
+            files: dict[str, str] = DATA_FILES) -> Committed:
     """Cut every file back to its committed prefix; returns what the commits add up to.
 
-    With truncate=False it only reads (a reader beside a live writer)."""
+    With truncate=False it only reads (a reader beside a live writer). `files` names the data
+    files (an evaluation directory keeps others under the same protocol)."""
     committed, keep = Committed(), 0
     commits = run_dir / COMMITS
     for end, line in _whole_lines(commits):
@@ -91,7 +93,7 @@ def recover(run_dir: Path, truncate: bool = True) -> Committed:
         return committed
     if commits.exists():
         _truncate(commits, keep)
-    for name, fname in DATA_FILES.items():
+    for name, fname in files.items():
         path, want = run_dir / fname, committed.lines.get(name, 0)
         end, n = 0, 0
         if n < want:
@@ -119,11 +121,12 @@ def _truncate(path: Path, size: int) -> None:
             os.fsync(fh.fileno())
 
 
-def read_committed(run_dir: Path, name: str, n: int) -> Iterator[dict[str, Any]]:
+def read_committed(run_dir: Path, name: str, n: int,
+                   files: dict[str, str] = DATA_FILES) -> Iterator[dict[str, Any]]:
     """The first n records of a data file (the committed ones; call after `recover`)."""
     if n <= 0:
         return
-    for k, (_, line) in enumerate(_whole_lines(run_dir / DATA_FILES[name])):
+    for k, (_, line) in enumerate(_whole_lines(run_dir / files[name])):
         yield json.loads(line)
         if k + 1 == n:
             return
@@ -142,12 +145,13 @@ def _append(fh: Any, data: bytes) -> None:
 class RunFiles:
     """The append side: one batch at a time, all of it or none of it."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, files: dict[str, str] = DATA_FILES) -> None:
         self.dir = run_dir
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.names = files
         # Unbuffered, so a failed write leaves nothing behind in a buffer to appear later.
         self.files = {name: open(run_dir / fname, "ab", buffering=0)  # noqa: SIM115
-                      for name, fname in {**DATA_FILES, "commits": COMMITS}.items()}
+                      for name, fname in {**files, "commits": COMMITS}.items()}
 
     def commit(self, lines: dict[str, list[dict[str, Any]]], meta: dict[str, Any],
                when: float | None = None) -> dict[str, Any]:
@@ -177,7 +181,7 @@ class RunFiles:
                     fh.seek(starts[name])
                 except OSError:
                     pass  # recover() cuts it at the next start
-            fname = COMMITS if current == "commits" else DATA_FILES[current]
+            fname = COMMITS if current == "commits" else self.names[current]
             raise RunDirError(describe_os_error(self.dir / fname, exc)) from None
 
     def close(self) -> None:

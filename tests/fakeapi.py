@@ -218,7 +218,10 @@ def load_instructions(path: str | None = None) -> tuple[str, ...]:
 
 def detect(text: str) -> str:
     """Which template a prompt was rendered from: propose, classify, output_first,
-    input_first or other."""
+    input_first, one of the judges' (judge_quality, judge_grade, judge_pairwise) or other."""
+    for kind, mark in JUDGE_MARKS.items():
+        if mark in text:
+            return kind
     if "Come up with a series of tasks" in text:
         return "propose"
     if "Is it classification?" in text:
@@ -231,6 +234,8 @@ def detect(text: str) -> str:
 
 
 def stage_of(kind: str) -> str:
+    if kind.startswith("judge"):
+        return "judge"
     return "instances" if kind in ("output_first", "input_first") else kind
 
 
@@ -251,7 +256,24 @@ def compose(prompt: str, chat: bool, seed: int, pool: tuple[str, ...]) -> str:
         return lead + output_first(last_task(prompt), rng)
     if kind == "input_first":
         return lead + input_first(last_task(prompt), rng)
+    if kind.startswith("judge"):
+        return judge(kind, rng)
     return sentence(rng, _FILLER, 5, 12)
+
+
+# The judges' prompts (actors/quality.py, prompts/judge_*.chat.txt), by a line each holds.
+JUDGE_MARKS = {"judge_quality": "Does the instruction describe a valid task?",
+               "judge_grade": "Grade: <A, B, C or D>",
+               "judge_pairwise": "Better: <1, 2 or tie>"}
+
+
+def judge(kind: str, rng: random.Random) -> str:
+    """A judge's answer in the format its prompt asks for, the verdicts drawn at random."""
+    if kind == "judge_quality":
+        return "\n".join(f"{i}. {rng.choice(('Yes', 'No'))}" for i in range(1, 5))
+    verdict = (f"Grade: {rng.choice('ABCD')}" if kind == "judge_grade"
+               else f"Better: {rng.choice(('1', '2', 'tie'))}")
+    return f"Reason: {sentence(rng, _FILLER, 6, 14)}\n{verdict}"
 
 
 def propose(prompt: str, rng: random.Random, pool: tuple[str, ...]) -> str:

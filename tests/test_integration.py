@@ -93,19 +93,3 @@ def test_cli_refuses_a_used_or_unwritable_run_dir(tmp_path):
          str(blocked / "sub"), "--target", "1"], env=env(), capture_output=True, text=True,
         timeout=120)
     assert proc.returncode == 2 and "cannot write the run directory" in proc.stderr
-
-
-def test_judge_fills_grades_with_the_embedded_model(tmp_path, capsys):
-    from actors.cli import main
-
-    data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"id": "t", "instruction": "Add two and three.",
-                                "instances": [{"input": "", "output": "5"}],
-                                "is_classification": False}) + "\n")
-    out = tmp_path / "q.jsonl"
-    assert main(["sample", str(data), "--n", "1", "--judge", "local", "--config",
-                 str(ROOT / "pipeline.yaml"), "--out", str(out)]) == 0
-    row = json.loads(out.read_text())
-    assert row["graded_by"] and "judge_answer" in row
-    assert set(row["grades"]) == {"valid_instruction", "input_fits", "output_correct",
-                                  "all_fine"}
