@@ -526,9 +526,9 @@ class Evaluation:
     """One `evaluate` command: asks what the directory lacks, a batch at a time, each batch
     committed before the next is asked."""
 
-    def __init__(self, cfg: Pipeline, opts: EvalOptions, out: Path,
-                 tasks: list[SeedTask], state: Progress, log: Any) -> None:
-        self.cfg, self.opts, self.out, self.log = cfg, opts, out, log
+    def __init__(self, opts: EvalOptions, out: Path, tasks: list[SeedTask], state: Progress,
+                 log: Any) -> None:
+        self.opts, self.log = opts, log
         self.tasks = {t.id: t for t in tasks}
         self.items = items_of(tasks)
         self.state = state
@@ -709,7 +709,7 @@ def evaluate(cfg: Pipeline, opts: EvalOptions, out_dir: str | Path,
     log.info("evaluate_start", models=opts.models, judge=opts.judge, tasks=len(tasks))
     names = [*opts.models, opts.judge]
     cache_path = cfg.cache.path or str(out / "cache.sqlite")
-    run = Evaluation(cfg, opts, out, tasks, state, log)
+    run = Evaluation(opts, out, tasks, state, log)
     asker = Asker(cfg, names, cache_path, opts.max_cost, spent_usd(state.usage))
     try:
         asyncio.run(run.run(asker))
