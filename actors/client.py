@@ -13,7 +13,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from actors.cache import ResponseCache, cache_key
-from actors.config import ApiModel, Pipeline
+from actors.config import ApiModel, Decoding, Pipeline
 from actors.limits import cost_usd
 from actors.llm import Attempt, Completion, Request
 from actors.providers import ApiProvider, Secret, make_provider
@@ -156,7 +156,8 @@ class LLMClient:
     cache_path: str | None = None
     replay_only: bool = False
     parse_retries: int = 0
-    deterministic: bool = False     # the embedded model: same prompt and seed, same answer
+    # A greedy request's parse retries sample at this temperature (config.py's default).
+    retry_temperature: float = Decoding.model_fields["retry_temperature"].default
     _sem: asyncio.Semaphore | None = None
     _cache: ResponseCache | None = None
 
@@ -185,17 +186,22 @@ class LLMClient:
 
     async def complete_parsed(self, req: Request, problem: Callable[[Completion], str]
                               ) -> tuple[Completion, list[Attempt]]:
-        """Ask, and ask again (with another seed) while `problem` finds the answer unusable,
-        at most `parse_retries` times; the last answer is the stage's to record."""
+        """Ask, and ask again while `problem` finds the answer unusable, at most
+        `parse_retries` times; the last answer is the stage's to record.
+
+        Retry n asks with seed + 7919 n. A greedy request (temperature 0 or top_p 0) would
+        get the same answer again, so its retries sample at `retry_temperature` with top_p 1.
+        Each retry is a function of the request and n alone: a replay from the response cache
+        asks exactly what the run asked.
+        """
         retried: list[Attempt] = []
         c = await self.complete(req)
-        # The embedded model at temperature 0 would give the same answer again (and a replay
-        # of its run must ask exactly what the run asked).
-        retries = 0 if self.deterministic and not req.temperature else self.parse_retries
-        while (why := problem(c)) and len(retried) < retries:
+        greedy = not req.temperature or not req.top_p
+        sampling = {"temperature": self.retry_temperature, "top_p": 1.0} if greedy else {}
+        while (why := problem(c)) and len(retried) < self.parse_retries:
             retried.append(Attempt(c, why))
             seed = ((req.seed or 0) + 7919 * len(retried)) & 0x7FFFFFFF
-            c = await self.complete(dataclasses.replace(req, seed=seed))
+            c = await self.complete(dataclasses.replace(req, seed=seed, **sampling))
         return c, retried
 
 
@@ -214,4 +220,4 @@ def client_for(cfg: Pipeline, stage: str, replicas: dict[str, list[Any]], gate: 
         backend = LocalBackend(replicas[conf.model], stage, model.label)
     return LLMClient(backend, conf.max_in_flight, stage, model.label,
                      cache_path if cfg.cache.enabled else None, cfg.cache.replay_only,
-                     conf.parse_retries, deterministic=not isinstance(model, ApiModel))
+                     conf.parse_retries, conf.retry_temperature)

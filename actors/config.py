@@ -146,7 +146,12 @@ class Decoding(Strict):
     stop: list[str] = Field(default_factory=list)
     max_in_flight: int = Field(16, ge=1, description="requests this stage keeps in flight")
     parse_retries: int = Field(
-        2, ge=0, description="asks again when a response cannot be parsed, then records it")
+        2, ge=0, description="a response that cannot be parsed is asked again, at most this "
+        "often, with another seed (and, if the stage decodes greedily, at retry_temperature); "
+        "every answer is recorded, the last one is used")
+    retry_temperature: float = Field(
+        0.3, gt=0.0, le=2.0, description="a greedy stage (temperature 0 or top_p 0) would give "
+        "the same unparseable answer again: its retries sample at this temperature, top_p 1")
 
     @model_validator(mode="after")
     def _ranges(self) -> Decoding:

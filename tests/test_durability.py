@@ -44,7 +44,12 @@ def instance_unit(task, text=GOOD):
     return stages().instance_outcome(task, Completion(text, "stop", "m")).as_dict()
 
 
-def test_commit_then_recover_cuts_a_torn_line_and_an_uncommitted_batch(tmp_path):
+@pytest.mark.parametrize("torn_commit", [
+    '{"time": 1, "lines": {"dataset"',                 # cut mid-line
+    '{"time": 1, "lines": {"dataset": 1}}',            # whole but for its newline
+    'x\n{"time": 1, "lines": {"dataset": 1}}\n',       # a line that does not parse ends the log
+], ids=["mid_line", "no_newline", "bad_line"])
+def test_commit_then_recover_cuts_a_torn_line_and_an_uncommitted_batch(tmp_path, torn_commit):
     files = RunFiles(tmp_path)
     files.commit({"dataset": [{"id": "a"}], "rejected": []}, {"counts": {"task": {"in": 1}}})
     files.commit({"dataset": [{"id": "b"}]}, {"counts": {"task": {"in": 1}}})
@@ -52,7 +57,7 @@ def test_commit_then_recover_cuts_a_torn_line_and_an_uncommitted_batch(tmp_path)
     with (tmp_path / "dataset.jsonl").open("a") as fh:
         fh.write('{"id": "c"}\n{"id": "d", "instr')  # a batch with no commit, then a torn line
     with (tmp_path / "commits.jsonl").open("a") as fh:
-        fh.write('{"time": 1, "lines": {"dataset"')  # a torn commit
+        fh.write(torn_commit)
     committed = recover(tmp_path)
     assert [r["id"] for r in lines(tmp_path / "dataset.jsonl")] == ["a", "b"]
     assert committed.counts == {"task": {"in": 2}} and committed.batches == 2
@@ -71,7 +76,8 @@ def test_a_file_shorter_than_its_commits_is_refused(tmp_path):
 def test_a_failed_write_leaves_the_files_as_committed(tmp_path):
     files = RunFiles(tmp_path)
     files.commit({"dataset": [{"id": "a"}]}, {})
-    size = sum(p.stat().st_size for p in tmp_path.iterdir())
+    sizes = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
+    size = sum(sizes.values())
     old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + 64, old_limit[1]))
@@ -82,6 +88,8 @@ def test_a_failed_write_leaves_the_files_as_committed(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
         signal.signal(signal.SIGXFSZ, old_handler)
+    # Cut back at once (the responses line that was written too), not only by the next recover.
+    assert {p.name: p.stat().st_size for p in tmp_path.iterdir()} == sizes
     files.close()
     recover(tmp_path)
     assert [r["id"] for r in lines(tmp_path / "dataset.jsonl")] == ["a"]

@@ -23,3 +23,9 @@ def test_expected_failures_keep_a_little_supply_coming():
 
 def test_nothing_when_done():
     assert prompts_wanted(R, 0, 0, 0, 0, limit=5) == 0
+
+
+def test_a_run_with_no_yield_yet_still_asks_up_to_the_limit():
+    # Nothing kept so far: each prompt counts as 0.05 of a task, never as none.
+    assert prompts_wanted(Rates(0.0, 0.0, 0.7), 1, 0, 0, 0, limit=5) == 5
+    assert prompts_wanted(Rates(0.0, 0.0, 0.7), 1, 0, 0, 19, limit=5) == 1

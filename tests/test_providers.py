@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
 
-from actors.config import load_config
-from actors.estimate import estimate, render
+from actors.config import Limits, load_config
+from actors.estimate import estimate, model_minutes, prompt_tokens, render
+from actors.limits import cost_usd
 from actors.llm import Attempt, Completion, Request
 from actors.pipeline import RunError, api_keys, cache_prefixes, load_all_seeds, load_templates
 from actors.providers import Secret, anthropic_messages, apply_stops, openai_params, retry_after_s
@@ -37,11 +39,15 @@ def test_openai_params_drop_what_the_model_rejects():
     params = openai_params(req, {"top_p", "seed"})
     assert params == {"temperature": 0.7, "presence_penalty": 2.0, "frequency_penalty": 0.0,
                       "stop": ["\n\n"]}
+    # No seed and no stops: not sent at all (the SDK would send them as null).
+    assert set(openai_params(Request("p", 0.0, 1.0, 100), set())) == {
+        "temperature", "top_p", "presence_penalty", "frequency_penalty"}
 
 
 def test_stops_applied_client_side():
     assert apply_stops("a. b\n\nc", ("\n\n", "16.")) == ("a. b", True)
     assert apply_stops("no stop here", ("\n\n",)) == ("no stop here", False)
+    assert apply_stops("a 16. b\n\nc", ("\n\n", "16.")) == ("a ", True)  # the earliest stop
 
 
 def test_anthropic_chat_prompt_caches_the_few_shot_prefix():
@@ -54,6 +60,9 @@ def test_anthropic_chat_prompt_caches_the_few_shot_prefix():
     assert "cache_control" not in turns[2]["content"][0]
     _, plain = anthropic_messages(prompt, cache=False)
     assert all("cache_control" not in b for t in plain for b in t["content"])
+    # One user turn, nothing fixed before it but the system prompt: that is what is cached.
+    system, _ = anthropic_messages([prompt[0], prompt[-1]], cache=True)
+    assert system[-1]["cache_control"] == {"type": "ephemeral"}
 
 
 def test_anthropic_completion_prompt_splits_at_the_known_prefix():
@@ -95,12 +104,18 @@ def test_unusable_answers_are_detected_and_recorded():
     good = Completion(" Write a haiku about rain.\n10. Name three rivers in Asia.", "stop", "m")
     assert stages.propose_problem(garbage) == "the response is not text"
     assert stages.propose_problem(good) == ""
-    assert stages.propose_problem(Completion("x", "length", "m")) == ""  # the method drops it
     assert stages.classify_problem(Completion("Maybe", "stop", "m")).startswith("neither")
     assert stages.classify_problem(Completion("Yes", "stop", "m")) == ""
     task = {"is_classification": False, "instruction": "x"}
     assert stages.instance_problem(task, garbage)
     assert stages.instance_problem(task, Completion("Input: a b\nOutput: c d", "stop", "m")) == ""
+    # Not asked again: an answer cut off by the length limit (the method drops it whole) and
+    # no answer at all (an error or a cancelled request is not a parse problem).
+    for unusable in (dataclasses.replace(garbage, finish_reason="length"),
+                     Completion("", "error", "m", error="HTTP 500")):
+        assert stages.propose_problem(unusable) == ""
+        assert stages.instance_problem(task, unusable) == ""
+    assert stages.classify_problem(Completion("", "cancelled", "m")) == ""
     recs = response_records("c-task_000001", "classify", Completion("No", "stop", "m"),
                             [Attempt(Completion("??", "stop", "m", faults={"http_429": 1}),
                                      "neither Yes nor No")])
@@ -112,8 +127,6 @@ def test_unusable_answers_are_detected_and_recorded():
 
 
 def test_dry_run_estimate_works_back_from_the_target(monkeypatch):
-    # The shipped instance prefix (~750 tokens) is under Anthropic's minimum for caching.
-    monkeypatch.setattr("actors.estimate.CACHE_MIN_TOKENS", 500)
     cfg = load_config(ROOT / "pipeline.yaml")
     data = {"provider": "anthropic", "model": "m",
             "price": {"input_per_mtok": 3.0, "output_per_mtok": 15.0},
@@ -122,11 +135,30 @@ def test_dry_run_estimate_works_back_from_the_target(monkeypatch):
         {**cfg.model_dump(), "models": {"local": cfg.models["local"].model_dump(), "api": data},
          "stages": {**cfg.stages.model_dump(),
                     "instances": {**cfg.stages.instances.model_dump(), "model": "api"}}})
-    est = estimate(cfg2, 100, load_templates(cfg), load_all_seeds(cfg))
+    templates, seeds = load_templates(cfg), load_all_seeds(cfg)
+    # The shipped instance prefix (~750 tokens) is under Anthropic's minimum for caching...
+    assert estimate(cfg2, 100, templates, seeds)["stages"]["instances"][
+        "cached_input_tokens"] == 0
+    monkeypatch.setattr("actors.estimate.CACHE_MIN_TOKENS", 500)  # ... and over this one.
+    est = estimate(cfg2, 100, templates, seeds)
     inst = est["stages"]["instances"]
     assert inst["requests"] == 125                      # 100 kept at 0.8 task success
     assert est["stages"]["propose"]["cost_usd"] == 0.0  # the embedded model costs nothing
-    assert inst["cost_usd"] > 0 and est["cost_usd"] == inst["cost_usd"]
-    assert inst["cached_input_tokens"] > 0              # the instance prompt's examples
+    assert est["cost_usd"] == inst["cost_usd"]
+    # The instance prompt's examples: written to the cache once, read by the other 124.
+    size, prefix = prompt_tokens(cfg2, templates, seeds)["instances"]
+    assert inst["cached_input_tokens"] == round(124 * prefix)
+    assert inst["cost_usd"] == round(cost_usd(cfg2.models["api"].price, 125 * size
+                                              - 125 * prefix, inst["output_tokens"],
+                                              124 * prefix, prefix), 4)
     assert est["minutes_by_model"]["api"] == pytest.approx(125 / 100, abs=0.06)
     assert "dry run for 100 tasks" in render(est)
+    # Time is the slowest bound: requests in flight at the latency, and each per-minute
+    # limit, with output counted at max_tokens (reserved so) whatever a response uses.
+    api = cfg2.models["api"].model_copy(update={"limits": Limits(
+        requests_per_minute=100, max_in_flight=10, output_tokens_per_minute=1000)})
+    assert model_minutes(api, {"requests": 60, "input": 0, "output": 0}, 20.0) == 2.0
+    assert model_minutes(api, {"requests": 60, "input": 0, "output": 3000}, 1.0) == 3.0
+    cfg2.models["api"] = api
+    assert estimate(cfg2, 100, templates, seeds)["minutes_by_model"]["api"] == pytest.approx(
+        125 * cfg2.stages.instances.max_tokens / 1000, abs=0.06)

@@ -35,6 +35,7 @@ def test_propose_outcome_filters_and_counts():
     assert sorted(r["rule"] for r in out.rejected) == ["keywords", "word_count"]
     assert out.accepted == {"propose": 1, "filter": 2}
     assert out.responses[0]["id"] == out.key == "prop_0000012"
+    assert "cost_usd" not in out.responses[0] and "error" not in out.responses[0]  # zeros left out
     assert out.cached == []
     cached = stages().propose_outcome(12, SHOTS, Completion(text, "stop", "m", cached=True))
     assert cached.cached == ["prop_0000012"] and "cached" not in cached.responses[0]
@@ -69,7 +70,7 @@ def test_instance_outcome_builds_the_seed_schema_record():
 def test_instance_outcome_rejects_a_task_with_nothing_left():
     out = stages().instance_outcome(_task(False),
                                     Completion("Input: same\nOutput: same", "stop", "m"))
-    assert out.dataset == []
+    assert out.dataset == [] and out.accepted == {"instances": 0}
     assert [r["stage"] for r in out.rejected] == ["instances", "task"]
 
 
@@ -88,8 +89,17 @@ def test_flow_checks_count_pending_work_and_acceptance():
     pending = {"candidates": 2, "unclassified": 1, "classified": 1}
     assert all(flow_checks(st, pending).values())
     assert acceptance(st)["dedup"] == 0.5
-    st["classify"]["in"] = 3
-    assert not flow_checks(st, pending)["dedup_accepted_equals_classify_in_plus_pending"]
+    # Each check catches its own imbalance, and only that one.
+    for check, stage, key in [("per_stage_in_equals_accepted_plus_rejected", "task", "rejected"),
+                              ("filter_accepted_equals_dedup_in_plus_pending", "", "candidates"),
+                              ("dedup_accepted_equals_classify_in_plus_pending", "",
+                               "unclassified"),
+                              ("classify_accepted_equals_task_in_plus_pending", "",
+                               "classified")]:
+        st2 = {name: dict(counts) for name, counts in st.items()}
+        pending2 = dict(pending)
+        (st2[stage] if stage else pending2)[key] += 1
+        assert [k for k, ok in flow_checks(st2, pending2).items() if not ok] == [check]
 
 
 def test_classify_outcome_labels_and_records():
