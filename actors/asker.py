@@ -18,7 +18,7 @@ from actors.client import LLMClient, client_for
 from actors.config import ApiModel, ConfigError, LocalModel, Pipeline
 from actors.gate import Gate
 from actors.llm import Completion, Request, start_local_replicas
-from actors.pipeline import _init_ray
+from actors.pipeline import init_ray
 from actors.providers import Secret
 from actors.run_inputs import api_keys
 
@@ -56,7 +56,7 @@ class Asker:
         self.keys: dict[str, Secret | None] = {}
         for name in names:  # a missing key fails here, before Ray starts
             self.keys.update(api_keys(for_model(cfg, name)))
-        _init_ray(cfg)
+        init_ray(cfg)
         api = {n: cfg.models[n] for n in names if isinstance(cfg.models[n], ApiModel)}
         self.gate = ray.remote(num_cpus=0, max_restarts=3)(Gate).remote(
             api, max_cost, spent) if api else None

@@ -38,7 +38,7 @@ class LocalBackend:
     _outstanding: list[int] = field(default_factory=list)
     _lost: set[int] = field(default_factory=set)
 
-    def bind(self, holder: str) -> None:
+    def bind(self, holder: str, life: str) -> None:
         pass
 
     async def complete(self, req: Request) -> Completion:
@@ -69,20 +69,22 @@ class ApiBackend:
     gate: Any
     prefixes: tuple[str, ...] = ()
     holder: str = ""
+    life: str = ""
     _provider: ApiProvider | None = None
     _asking: list[tuple[tuple[int, int], asyncio.Future]] = field(default_factory=list)
     _asker: asyncio.Task | None = None
-    _settling: list[tuple[int, dict[str, float], str]] = field(default_factory=list)
+    _settling: list[tuple[int, dict[str, float], str, dict[str, int]]] = field(
+        default_factory=list)
 
     def __getstate__(self) -> dict[str, Any]:
         """Travels to its actor without the event-loop state it builds there."""
         return {**self.__dict__, "_provider": None, "_asking": [], "_asker": None,
                 "_settling": []}
 
-    def bind(self, holder: str) -> None:
-        """The actor that holds this backend (re)started: slots of its earlier life are free."""
-        self.holder = holder
-        self.gate.lost.remote(holder)
+    def bind(self, holder: str, life: str) -> None:
+        """The actor that holds this backend, and its process: the gate frees the slots an
+        earlier life held when it first hears from a new one."""
+        self.holder, self.life = holder, life
 
     def _throttled(self, retry_after: float | None) -> None:
         self.gate.throttled.remote(self.key_name, retry_after)
@@ -100,7 +102,7 @@ class ApiBackend:
         self._settle(grant, {
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "cache_read_tokens": c.cache_read_tokens,
-            "cache_write_tokens": c.cache_write_tokens, "cost_usd": cost}, c.error)
+            "cache_write_tokens": c.cache_write_tokens, "cost_usd": cost}, c.error, c.faults)
         return dataclasses.replace(c, cost_usd=cost)
 
     async def _grant(self, input_tokens: int, output_tokens: int) -> int | None:
@@ -118,7 +120,7 @@ class ApiBackend:
             batch = list(self._asking)
             try:
                 grants = await self.gate.acquire_many.remote(
-                    self.key_name, self.holder, [size for size, _ in batch])
+                    self.key_name, self.holder, self.life, [size for size, _ in batch])
             except Exception as exc:  # noqa: BLE001 - the waiting requests get the error
                 for _, fut in batch:
                     if not fut.done():
@@ -129,11 +131,13 @@ class ApiBackend:
                 fut.set_result(grant)
             del self._asking[:len(grants)]
 
-    def _settle(self, grant: int, usage: dict[str, float], error: str) -> None:
-        """Told to the gate without waiting, gathered per turn of the event loop."""
+    def _settle(self, grant: int, usage: dict[str, float], error: str,
+                faults: dict[str, int]) -> None:
+        """Told to the gate without waiting, gathered per turn of the event loop. The gate
+        counts the faults: it hears of every request, whether its answer is recorded or not."""
         if not self._settling:
             asyncio.get_running_loop().call_soon(self._send_settles)
-        self._settling.append((grant, usage, error))
+        self._settling.append((grant, usage, error, faults))
 
     def _send_settles(self) -> None:
         items, self._settling = self._settling, []
@@ -161,9 +165,9 @@ class LLMClient:
     _sem: asyncio.Semaphore | None = None
     _cache: ResponseCache | None = None
 
-    def bind(self, holder: str) -> None:
+    def bind(self, holder: str, life: str) -> None:
         if self.backend is not None:
-            self.backend.bind(holder)
+            self.backend.bind(holder, life)
 
     async def complete(self, req: Request) -> Completion:
         if self._sem is None:

@@ -323,7 +323,8 @@ class Cache(Strict):
 
 
 class RayConf(Strict):
-    address: str | None = Field(None, description="null: RAY_ADDRESS or a new local Ray")
+    address: str | None = Field(None, description="null: RAY_ADDRESS, else a new local Ray "
+                                "(\"local\" always starts a new one)")
     num_cpus: int | None = Field(None, ge=1, description="for a new local Ray")
 
 

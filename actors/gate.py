@@ -32,6 +32,8 @@ class Gate:
         self.failures_in_row = dict.fromkeys(models, 0)
         self.last_error = dict.fromkeys(models, "")
         self.requests: dict[str, dict[str, int]] = {name: {} for name in models}
+        self.faults: dict[str, dict[str, int]] = {name: {} for name in models}
+        self.lives: dict[str, str] = {}  # holder -> the process it runs in now
 
     async def acquire(self, model: str, holder: str, input_tokens: int,
                       output_tokens: int) -> int | None:
@@ -76,11 +78,18 @@ class Gate:
         self.requests[model][holder] = self.requests[model].get(holder, 0) + 1
         return 0.0, grant.id
 
-    async def acquire_many(self, model: str, holder: str,
+    async def acquire_many(self, model: str, holder: str, life: str,
                            sizes: list[tuple[int, int]]) -> list[int | None]:
         """Grants for a batch, in order: the first as `acquire` gives it, then as many more
         as fit at once with nobody waiting ahead; the caller asks again for the rest. One call
-        per batch instead of one per request keeps the gate off the critical path."""
+        per batch instead of one per request keeps the gate off the critical path.
+
+        The first call from a new `life` of a holder (Ray restarted its actor) frees the
+        slots the earlier life held: in the same call, so no late announcement can free the
+        new life's slots instead."""
+        if self.lives.setdefault(holder, life) != life:
+            self.lives[holder] = life
+            self.lost(holder)
         grants = [await self.acquire(model, holder, *sizes[0])]
         for size in sizes[1:]:
             if grants[-1] is None or self.lines[model]:
@@ -91,10 +100,12 @@ class Gate:
             grants.append(grant)
         return grants
 
-    def settle_many(self, model: str, items: list[tuple[int, dict[str, float], str]]
-                    ) -> None:
-        for grant_id, usage, error in items:
+    def settle_many(self, model: str,
+                    items: list[tuple[int, dict[str, float], str, dict[str, int]]]) -> None:
+        for grant_id, usage, error, faults in items:
             self.settle(model, grant_id, usage, error)
+            for kind, n in faults.items():
+                self.faults[model][kind] = self.faults[model].get(kind, 0) + n
 
     def settle(self, model: str, grant_id: int, usage: dict[str, float], error: str = "") -> None:
         """The request ended (answered, or failed after the SDK's retries); `usage` holds its
@@ -138,7 +149,15 @@ class Gate:
         return {"models": {m: {**lim.stats(now), "requests": sum(self.requests[m].values()),
                                "requests_by_actor": self.requests[m],
                                "waiting": len(self.lines[m]),
-                               "failures_in_row": self.failures_in_row[m]}
+                               "failures_in_row": self.failures_in_row[m],
+                               "faults": self.faults[m]}
                            for m, lim in self.limiters.items()},
                 "budget": self.budget.stats(), "budget_exhausted": self.budget.exhausted,
-                "dead": dead}
+                "dead": dead, "faults": self._faults_by_kind()}
+
+    def _faults_by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for faults in self.faults.values():
+            for kind, n in faults.items():
+                out[kind] = out.get(kind, 0) + n
+        return out

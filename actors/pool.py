@@ -1,228 +1,145 @@
-"""The pool actor: owns the ROUGE-L index, the few-shot sampler, admission and the task board.
+"""The pool actor: the thin async shell around the ledger, and the run directory's one writer.
 
-It admits a candidate only while the tasks finished plus the tasks in flight are below the
-target, so the run stops with exactly the target in dataset.jsonl and no paid-for work is thrown
-away. It plans how many prompts to hand out from the yields it has seen, decides candidates in
-prompt order (sequencer.py), and leases admitted tasks to the classifier and instance actors.
-Fresh, resumed or restarted by Ray, it starts from what the run directory has committed.
+Every worker talks to it through one call, `exchange`: the results of its last batch go in,
+its next batch of work comes out, and when there is no work the call waits (an event, not a
+poll) until there is, or the run stops. The ledger decides everything as the results arrive;
+a single committer task appends what it decided to the run directory, in order, off the
+event loop, gathering whatever piled up during the previous commit into the next one.
+
+Fresh, resumed or restarted by Ray, it reads the run directory once, at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import math
-import random
-from dataclasses import dataclass
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
-from ray.exceptions import RayActorError
-from ray.util.queue import Empty
-
 from actors.config import Pipeline
-from actors.dedup_index import RougeIndex
-from actors.ids import task_id
-from actors.prompts import Shot, sample_shots
+from actors.ledger import Ledger
 from actors.recovery import load_state
-from actors.runlog import recover
-from actors.sequencer import Board, Prompts
-from actors.stages import Outcome
+from actors.stages import Stages
+from actors.writer import Writer
 
-
-@dataclass(frozen=True)
-class Rates:
-    candidates_per_prompt: float
-    keep: float
-    task: float
-
-
-def prompts_wanted(rates: Rates, capacity: int, outstanding: int, backlog: int,
-                   prompts_out: int, limit: int) -> int:
-    """How many new prompts the target still needs.
-
-    Admissions still wanted: the free room now, plus the admitted tasks expected to fail at the
-    instance stage (each failure frees room again). Supply: the backlog and the prompts in
-    flight, at the observed candidates per prompt and keep rate.
-    """
-    want = capacity + outstanding * (1.0 - rates.task)
-    per_prompt = max(rates.candidates_per_prompt * rates.keep, 0.05)
-    supply = backlog * rates.keep + prompts_out * per_prompt
-    if want <= 0 or supply >= want:
-        return 0
-    return max(0, min(limit, math.ceil((want - supply) / per_prompt)))
+# Records decided but not yet committed before a worker's exchange waits for the committer:
+# the bound that makes a slow disk slow the workers rather than fill memory.
+MAX_UNCOMMITTED = 20_000
 
 
 class Pool:
     def __init__(self, cfg: Pipeline, seeds: list[dict[str, Any]], target: int,
-                 candidates: Any, writer: Any, out_dir: str) -> None:
-        self.cfg = cfg
-        self.seeds = seeds
-        self.target = target
-        self.dir = Path(out_dir)
-        self.candidates, self.writer = candidates, writer
+                 stages: Stages, out_dir: str, mirror_uri: str | None = None) -> None:
+        self.writer = Writer(out_dir, mirror_uri)
+        state = load_state(Path(out_dir), self.writer.committed)
+        self.ledger = Ledger(cfg, seeds, target, state, stages)
+        self.writer.commit(self.ledger.drain())  # tasks rebuilt from committed answers
+        self.tasks = self.ledger.tasks            # committed dataset lines
         self.stopping = False
-        self.admitting = True
-        self._exited: asyncio.Event | None = None
-        self._load()
+        self.lives: dict[str, str] = {}  # worker name -> the process it runs in now
+        self.started = time.time()
+        self._changed = asyncio.Event()
+        self._committed = asyncio.Event()
+        self._committer: asyncio.Task | None = None
 
-    def _load(self) -> None:
-        """Everything from the committed files (a fresh run, a resume, a restart)."""
-        d = self.cfg.dedup
-        self.index = RougeIndex(d.threshold, d.keep_at_threshold, d.neighbour_floor,
-                                d.max_neighbours)
-        self.human = [Shot(s["id"], s["instruction"]) for s in self.seeds]
-        for s in self.seeds:
-            self.index.add(s["id"], s["instruction"])
-        state = load_state(self.dir, recover(self.dir, truncate=False))
-        self.machine: list[Shot] = []
-        self.machine_prompt: list[int] = []  # the prompt each machine task came from
-        for task in state.accepted:  # in acceptance order, so later decisions are the same
-            self.index.add(task["id"], task["instruction"])
-            self._add_shot(task)
-        self.prompts = Prompts(self.cfg.stages.propose.machine_shot_lag, state.prompts,
-                               state.pending_candidates)
-        self.board = Board()
-        for stage, task in state.open_tasks:  # in acceptance order
-            self.board.add(stage, task)
-        self.done = state.succeeded
-        self.failed = len(state.failed_ids)
-        self.decided = state.decided
-        self.kept = len(state.accepted)
-        self.received = state.candidates
-        self.prompts_done = len(state.prompts)
+    # -- the one call a worker makes -------------------------------------------------------
+    async def exchange(self, worker: str, life: str, stage: str, results: list[Any],
+                       released: list[str], n: int) -> list[Any]:
+        """Take a batch's results (and the tasks it could not do), hand out the next batch:
+        up to n prompts (stage 'propose') or tasks. Waits while there is none; [] means the
+        run is stopping.
 
-    def _add_shot(self, task: dict[str, Any]) -> None:
-        self.machine.append(Shot(task["id"], task["instruction"]))
-        self.machine_prompt.append(task["prompt"])
-
-    # -- proposals ---------------------------------------------------------------------------
-    def sample(self, worker: str, n: int) -> list[tuple[int, list[Shot]]]:
-        """Prompt numbers and shots for up to n prompts, only as many as the target still
-        needs, counting what waits and what prompts in flight are expected to bring."""
-        if not self.admitting:
-            return []
-        new = prompts_wanted(self._rates(), self.capacity(), len(self.board),
-                             self.prompts.waiting(), self.prompts.out(), n)
-        return [(k, self.shots(k)) for k in self.prompts.issue(worker, new, n)]
-
-    def shots(self, k: int) -> list[Shot]:
-        """Prompt k's shots: a function of the seed and k, and of the machine tasks accepted
-        from prompts before k - lag, which are decided before k is handed out."""
-        p = self.cfg.stages.propose
-        rng = random.Random(f"{self.cfg.run.seed}:{k}")
-        machine = self.machine[:bisect.bisect_left(self.machine_prompt, k - p.machine_shot_lag)]
-        return sample_shots(rng, self.human, machine, p.num_shots, p.num_machine_shots)
-
-    def lost(self, worker: str) -> dict[str, int]:
-        """An actor (re)started: whatever its earlier life held goes back to be done again."""
-        return {"prompts": self.prompts.lost(worker), "tasks": self.board.lost(worker)}
-
-    def _rates(self) -> Rates:
-        """Observed so far, with priors until there is enough to go on."""
-        return Rates(
-            candidates_per_prompt=self.received / self.prompts_done
-            if self.prompts_done >= 5 else 5.0,
-            keep=self.kept / self.decided if self.decided >= 10 else 0.5,
-            task=self.done / (self.done + self.failed) if self.done + self.failed >= 5 else 0.7)
-
-    # -- tasks -------------------------------------------------------------------------------
-    async def take(self, worker: str, stage: str, n: int) -> list[dict[str, Any]]:
-        """Lease up to n tasks waiting for `stage`; waits briefly when there are none."""
-        for _ in range(10):
-            self.board.wake(self.target - self.done)
-            tasks = self.board.take(worker, stage, n)
-            if tasks or self.stopping:
-                return tasks
-            await asyncio.sleep(0.05)
+        `life` names the worker's process: the first call from a new life of a worker (Ray
+        restarted it) hands out again whatever the earlier life held. Checked here, in the
+        same call, because a separate announcement could arrive after the new life's first
+        exchange (an async actor does not run calls in the order they were sent) and take
+        back the work just handed out, which would then be asked twice."""
+        if self.lives.setdefault(worker, life) != life:
+            self.lives[worker] = life
+            self.ledger.lost(worker)
+            self._changed_now()
+        if results or released:
+            if stage == "propose":
+                self.ledger.proposed(worker, results)
+            elif stage == "classify":
+                self.ledger.classified(worker, results)
+            else:
+                self.ledger.finished(worker, results)
+            if released:
+                self.ledger.release(worker, released)
+            self._changed_now()
+            await self._commit_soon()
+        while not self.stopping:
+            work = (self.ledger.sample(worker, n) if stage == "propose"
+                    else self.ledger.take(worker, stage, n))
+            if work:
+                return work
+            await self._changed.wait()
         return []
 
-    def labelled(self, tasks: list[dict[str, Any]]) -> None:
-        for task in tasks:
-            self.board.labelled(task)
+    def _changed_now(self) -> None:
+        """Wake every exchange waiting for work (they look again, inside this process)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
-    def settle(self, results: dict[str, bool]) -> None:
-        """Finished tasks free room under the target."""
-        for tid, ok in results.items():
-            if self.board.settle(tid):
-                self.done += ok
-                self.failed += not ok
+    # -- committing ------------------------------------------------------------------------
+    async def _commit_soon(self) -> None:
+        """Start the committer if it is idle; wait for it only if too much piled up."""
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.get_running_loop().create_task(self._commit_all())
+        elif self.ledger.batch.size() > MAX_UNCOMMITTED:
+            await asyncio.shield(self._committer)
 
-    def release(self, worker: str, tids: list[str]) -> None:
-        self.board.release(worker, tids)
+    async def _commit_all(self) -> None:
+        while self.ledger.batch:
+            batch = self.ledger.drain()
+            await asyncio.to_thread(self.writer.commit, batch)
+            self.tasks += len(batch.lines["dataset"])
+            self._committed.set()
+            self._committed = asyncio.Event()
 
-    def capacity(self) -> int:
-        return self.target - self.done - len(self.board) if self.admitting else 0
+    async def _drained(self) -> None:
+        while self._committer is not None and not self._committer.done():
+            await asyncio.shield(self._committer)
+        if self._committer is not None:
+            self._committer.result()  # a commit that failed fails here, naming the file
+        if self.ledger.batch:
+            self._committer = asyncio.get_running_loop().create_task(self._commit_all())
+            await self._drained()
+
+    # -- the driver's view -----------------------------------------------------------------
+    async def watch(self, seen: int, timeout: float) -> dict[str, Any]:
+        """The run's figures once more tasks than `seen` are committed, or after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while self.tasks == seen and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._committed.wait(), left)
+        if self._committer is not None and self._committer.done():
+            self._committer.result()  # a broken run directory reaches the driver
+        return self.stats()
 
     def stats(self) -> dict[str, Any]:
-        return {"pool_size": len(self.index), "machine": len(self.machine),
-                "waiting_candidates": self.prompts.waiting(), **self.board.counts(),
-                "prompts_sampled": self.prompts.next, "prompts_answered": self.prompts_done,
-                "done": self.done, "lcs_computed": self.index.lcs_computed,
-                "index_mb": round(self.index.memory_bytes() / 2**20, 2)}
+        return {**self.ledger.stats(), "tasks": self.tasks,
+                "elapsed_s": time.time() - self.started}
 
-    # -- the loop ----------------------------------------------------------------------------
-    async def run(self) -> None:
-        self._exited = asyncio.Event()
-        try:
-            while not self.stopping:
-                try:
-                    for entry in await self.candidates.get_async(timeout=0.2):
-                        if self.prompts.deliver(entry["worker"], entry["prompt"],
-                                                entry["candidates"]):
-                            self.prompts_done += 1
-                            self.received += len(entry["candidates"])
-                except Empty:
-                    pass
-                await self._decide()
-        finally:
-            self._exited.set()
+    def pool_stats(self) -> dict[str, Any]:
+        return self.ledger.pool_stats()
 
-    async def _decide(self) -> None:
-        cands = self.prompts.take(max(self.capacity(), 0))
-        if not cands:
-            return
-        out, admitted = Outcome(), []
-        # Every decided candidate gets the next number; kept ones keep it as their task id,
-        # so ids follow acceptance order (with gaps where candidates were rejected).
-        ids = [task_id(self.decided + k) for k in range(len(cands))]
-        self.decided += len(cands)
-        decisions = self.index.check_batch(list(zip(ids, [c["instruction"] for c in cands],
-                                                    strict=True)))
-        for tid, cand, decision in zip(ids, cands, decisions, strict=True):
-            rouge = {"max": decision.max_score, "max_exact": decision.max_exact,
-                     "neighbours": [{"id": nb.id, "score": nb.score}
-                                    for nb in decision.neighbours]}
-            if decision.keep:
-                self.kept += 1
-                task = {**cand, "id": tid, "rouge": rouge}
-                self._add_shot(task)
-                admitted.append(task)
-            else:
-                top = decision.neighbours[0].id if decision.neighbours else "the pool"
-                out.reject("dedup", "rouge_l", f"ROUGE-L {decision.max_score:.4f} to {top}",
-                           {**cand, "rouge": rouge})
-        out.accept("dedup", len(admitted))
-        out.admitted = admitted
-        # Committed before any stage can see the tasks, so no answer outruns its admission.
-        try:
-            await self.writer.write.remote([out.as_dict()])
-        except RayActorError:
-            # The writer died, so whether this batch was committed is unknown: wait for Ray to
-            # restart it, then start again from what the files say.
-            await self.writer.stats.remote()
-            self._load()
-            return
-        for task in admitted:
-            self.board.add("classify", task)
-
-    def stop_admitting(self) -> None:
-        self.admitting = False
-
-    async def finish(self) -> dict[str, int]:
-        """Stop; what is still waiting stays pending in the run directory for --resume."""
-        self.admitting = False
+    def stop(self) -> None:
+        """No more work goes out; results of work under way are still taken and written."""
+        self.ledger.stop_admitting()
         self.stopping = True
-        if self._exited is not None:
-            await self._exited.wait()
-        return {"candidates": self.prompts.waiting(), "tasks": len(self.board)}
+        self._changed_now()
+
+    async def finish(self) -> dict[str, Any]:
+        """Write everything decided (every finished task, even one waiting on an earlier
+        task), close the files; the figures for run.json. Undone work stays pending."""
+        self.stop()
+        await self._drained()
+        batch = self.ledger.close()
+        self.tasks += len(batch.lines["dataset"])
+        self.writer.commit(batch)
+        self.writer.close()
+        return {**self.stats(), "pending": self.ledger.pending(),
+                "pool": self.ledger.pool_stats()}

@@ -1,17 +1,18 @@
-"""What durability costs: the writer's commit rate with fsync, and how long a resume takes to
+"""What durability costs: the pool's commit rate with fsync, and how long a resume takes to
 read back a large run directory.
 
     .venv/bin/python benchmarks/durability.py [--tasks 50000] [--dir /tmp/durability-bench]
 
-It writes a synthetic run of --tasks tasks through the real Writer (propose units of 5
-candidates, pool decisions, classify and instance units, in batches as the actors send them),
-then times `recover` + `load_state` (what --resume, a restarted pool and a restarted writer do)
-and a new Writer on the same directory.
+It drives a synthetic run of --tasks tasks through the real ledger and writer, as the pool
+does (5 prompts of 5 candidates each, then their classifications and instances, one commit per
+exchange), then times `recover` + `load_state` (what --resume and a restarted pool do) and a
+new ledger on the same directory. Instructions are random word strings, so ROUGE-L keeps them.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import sys
 import time
@@ -20,10 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.config import Pipeline  # noqa: E402
+from actors.ledger import Ledger  # noqa: E402
 from actors.llm import Completion  # noqa: E402
-from actors.pipeline import TEMPLATE_STAGES  # noqa: E402
 from actors.prompts import Shot, load_template  # noqa: E402
 from actors.recovery import load_state  # noqa: E402
+from actors.run_inputs import TEMPLATE_STAGES  # noqa: E402
 from actors.runlog import recover  # noqa: E402
 from actors.stages import Stages  # noqa: E402
 from actors.writer import Writer  # noqa: E402
@@ -39,6 +41,15 @@ def stages() -> Stages:
     return Stages(cfg, templates)
 
 
+def open_run(out: Path, tasks: int, st: Stages) -> tuple[Writer, Ledger]:
+    """The writer and the ledger a pool would hold on this directory."""
+    w = Writer(str(out))
+    seeds = [{"id": "seed_0", "instruction": "Translate the sentence into French."}]
+    ledger = Ledger(st.cfg, seeds, tasks, load_state(out, w.committed), st)
+    w.commit(ledger.drain())
+    return w, ledger
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=50_000)
@@ -47,44 +58,48 @@ def main() -> None:
     out = Path(args.dir)
     shutil.rmtree(out, ignore_errors=True)
     st = stages()
-    w = Writer(str(out), args.tasks, st)
-    batches, records, n, k = 0, 0, 0, 0
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    w, ledger = open_run(out, args.tasks, st)
+    batches = 0
     start = time.perf_counter()
-    while n < args.tasks:
+    while ledger.tasks < args.tasks:
+        prompts = ledger.sample("p", 5)
+        if not prompts:
+            break
         units = []
-        for _ in range(5):  # one proposer step: 5 prompts, 5 instructions each
-            text = "\n".join(f"{10 + j}. Write task number {k} part {j} about topic {n + j}."
+        for k, _ in prompts:  # one proposer batch: 5 prompts, 5 instructions each
+            text = "\n".join(f"{10 + j}. Describe " + " ".join(rng.sample(words, 12)) + "."
                              for j in range(5)).removeprefix("10.")
             units.append(st.propose_outcome(k, SHOTS, Completion(text, "stop", "m")).as_dict())
-            k += 1
-        w.write(units)
-        cands = [c for u in units for c in u["candidates"]][:8]
-        tasks = [{**c, "id": f"task_{n + i:06d}", "rouge": {"max": 0.1}}
-                 for i, c in enumerate(cands)]
-        w.write([{"accepted": {"dedup": len(tasks)}, "admitted": tasks}])
-        labelled = []
-        for t in tasks:
-            t2, out_c = st.classify_outcome(t, Completion("No", "stop", "m"))
-            labelled.append((t2, out_c.as_dict()))
-        w.write([u for _, u in labelled])
-        w.write([st.instance_outcome(t2, Completion(ANSWER, "stop", "m")).as_dict()
-                 for t2, _ in labelled])
-        batches += 4
-        records += len(units) + 25 + 2 * len(tasks) + len(tasks) * 2
-        n += len(tasks)
+        ledger.proposed("p", units)
+        w.commit(ledger.drain())
+        tasks = ledger.take("c", "classify", 64)
+        ledger.classified("c", [(t2, u.as_dict()) for t2, u in (
+            st.classify_outcome(t, Completion("No", "stop", "m")) for t in tasks)])
+        w.commit(ledger.drain())
+        tasks = ledger.take("i", "instances", 64)
+        ledger.finished("i", [(t["id"], st.instance_outcome(
+            t, Completion(ANSWER, "stop", "m")).as_dict()) for t in tasks])
+        w.commit(ledger.drain())
+        batches += 3
+    w.commit(ledger.close())
     w.close()
     wall = time.perf_counter() - start
+    n = ledger.tasks
     size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     print(f"wrote {n} tasks in {batches} committed batches: {wall:.1f} s, "
           f"{batches / wall:.0f} batches/s, {n / wall:.0f} tasks/s, {size:.0f} MiB on disk")
     t0 = time.perf_counter()
     state = load_state(out, recover(out))
     t1 = time.perf_counter()
-    Writer(str(out), args.tasks, st).close()
+    w, _ = open_run(out, args.tasks, st)
+    w.close()
     t2 = time.perf_counter()
     print(f"resume reads it back: recover + load_state {t1 - t0:.2f} s "
           f"({len(state.accepted)} accepted, {len(state.dataset_ids)} in the dataset, "
-          f"{sum(state.pending().values())} pending); a new Writer {t2 - t1:.2f} s")
+          f"{sum(state.pending().values())} pending); a new pool's ledger and writer "
+          f"{t2 - t1:.2f} s")
 
 
 if __name__ == "__main__":

@@ -18,21 +18,37 @@ task written, so Ray's start-up (about 10 s here) is left out but the pipeline's
 drain are in; "steady": between the 10th and 90th percent of tasks written, without fill and
 drain (the ideal is a steady-state figure); "wall": including start-up. The ratio to the
 sequential loop uses the working rate.
+
+Where the cost goes, per kept task: each run joins a Ray head this script starts (with its
+dashboard, so Ray's own task records can be summarised), and the script reads every
+process's CPU time from /proc four times a second. "CPU-ms/task" is the driver plus every
+Ray worker process (`ray::...`: the actors and the model replicas), the fake server and Ray's
+own daemons excluded; "Ray calls/task" is every actor method call Ray recorded during the
+run (gate, pool, writer, queue, workers), from Ray's task summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Ray 2.60 may require token authentication; the head, the run and this script (which reads
+# the head's task summary) share one token. Set before Ray is imported: it reads them once.
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+os.environ.update(AUTH)
 
 from openai import OpenAI  # noqa: E402
 
@@ -45,10 +61,100 @@ from actors.parsing import (  # noqa: E402
     parse_instructions,
     parse_output_first,
 )
-from actors.pipeline import load_all_seeds  # noqa: E402
 from actors.prompts import Shot, load_template, number_shots, sample_shots  # noqa: E402
-from tests.runs import config  # noqa: E402
-from tests.servers import FakeServer, fake_server  # noqa: E402
+from actors.run_inputs import load_all_seeds  # noqa: E402
+from tests.runs import config, env  # noqa: E402
+from tests.servers import FakeServer, fake_server, free_port  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+
+def _proc(pid: int) -> tuple[str, int, float] | None:
+    """(command line, parent pid, user + system CPU seconds) of a live process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return cmd, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+# Ray's own daemons that run as `ray::` processes: not the run's work.
+DAEMONS = ("DashboardAgent", "RuntimeEnvAgent", "IDLE")
+
+
+class CpuMeter:
+    """CPU seconds of the driver and of the Ray worker processes of one Ray head (the
+    descendants of its raylet), sampled from /proc until stopped; a process that exits keeps
+    its last reading (at most 0.25 s old). Other Ray sessions on the machine are left out."""
+
+    def __init__(self, driver: int, gcs_port: int) -> None:
+        self.driver, self.port = driver, gcs_port
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.start = {pid: cpu for pid, (_, cpu) in self._scan().items()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _scan(self) -> dict[int, tuple[str, float]]:
+        procs = {int(e): got for e in os.listdir("/proc") if e.isdigit()
+                 and (got := _proc(int(e)))}
+        roots = {pid for pid, (cmd, _, _) in procs.items()
+                 if "raylet" in cmd.split(" ")[0] and f":{self.port}" in cmd}
+        out = {}
+        for pid, (cmd, _, cpu) in procs.items():
+            up, ours = pid, pid == self.driver
+            while not ours and up in procs and up > 1:
+                up = procs[up][1]
+                ours = up in roots
+            if ours and (pid == self.driver or cmd.startswith("ray::")):
+                out[pid] = (cmd, cpu)
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.25):
+            self.seen.update(self._scan())
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds used since the meter started, by process kind."""
+        self._stop.set()
+        self._thread.join()
+        by: dict[str, float] = {}
+        for pid, (cmd, cpu) in self.seen.items():
+            kind = "driver" if pid == self.driver else \
+                cmd.split()[0].removeprefix("ray::").split(".")[0]
+            if kind not in DAEMONS:
+                by[kind] = by.get(kind, 0.0) + cpu - self.start.get(pid, 0.0)
+        return by
+
+
+@contextlib.contextmanager
+def ray_head() -> Any:
+    """A local Ray head with its dashboard (for the task summary); yields (address, url)."""
+    port, dash = free_port(), free_port()
+    renv = env(RAY_task_events_max_num_task_in_gcs="2000000", **AUTH)
+    subprocess.run([str(ROOT / ".venv/bin/ray"), "start", "--head", f"--port={port}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                    "--num-cpus=2", "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
+                   env=renv, check=True, capture_output=True, timeout=120)
+    try:
+        yield port, f"http://127.0.0.1:{dash}"
+    finally:
+        subprocess.run([str(ROOT / ".venv/bin/ray"), "stop", "--force"], env=renv,
+                       capture_output=True, timeout=120)
+
+
+def ray_calls(dashboard: str) -> dict[str, int]:
+    """Actor method calls Ray recorded, by name (the job's driver-side tasks included)."""
+    from ray.util.state import summarize_tasks
+
+    summary = summarize_tasks(address=dashboard, raise_on_missing_output=False)
+    groups = summary["cluster"]["summary"]
+    return {name: g["state_counts"].get("FINISHED", 0) + g["state_counts"].get("FAILED", 0)
+            + sum(v for k, v in g["state_counts"].items() if k not in ("FINISHED", "FAILED"))
+            for name, g in groups.items()}
 
 
 def rates(commits: Path, first_request: float) -> tuple[float, float, int]:
@@ -68,6 +174,16 @@ def rates(commits: Path, first_request: float) -> tuple[float, float, int]:
 def pipeline_run(srv: FakeServer, cap: int, target: int, work: Path) -> dict:
     url = srv.url
     srv.reset()
+    with ray_head() as (port, dashboard):
+        r = _pipeline_run(url, srv, cap, target, work, port)
+        calls = ray_calls(dashboard)
+    r["ray_calls"] = sum(calls.values())
+    r["calls_by_name"] = calls
+    return r
+
+
+def _pipeline_run(url: str, srv: FakeServer, cap: int, target: int, work: Path,
+                  port: int) -> dict:
     cfg = config(work, models={"api": {
         "provider": "openai_compatible", "model": "fake", "base_url": f"{url}/v1",
         "limits": {"max_in_flight": cap}, "timeout_s": 30}},
@@ -75,11 +191,15 @@ def pipeline_run(srv: FakeServer, cap: int, target: int, work: Path) -> dict:
                 for s in ("propose", "classify", "instances")},
         queues={"batch_size": 8})
     out = work / "run"
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "actors", "run", str(cfg), "--out", str(out), "--target",
-         str(target), "--no-progress"], cwd=work, capture_output=True, text=True, timeout=900)
+         str(target), "--no-progress"], cwd=work, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env(RAY_ADDRESS=f"127.0.0.1:{port}", **AUTH))
+    meter = CpuMeter(proc.pid, port)
+    _, err = proc.communicate(timeout=900)
+    cpu = meter.stop()
     if proc.returncode:
-        raise SystemExit(proc.stderr[-3000:])
+        raise SystemExit(err[-3000:])
     run = json.loads((out / "run.json").read_text())
     rate, steady, tasks = rates(out / "commits.jsonl", min(srv.stats()["arrivals"]))
     requests = run["totals"]["all"]["requests"]
@@ -87,7 +207,8 @@ def pipeline_run(srv: FakeServer, cap: int, target: int, work: Path) -> dict:
             "working_per_min": rate, "steady_per_min": steady,
             "wall_per_min": run["timings"]["tasks_per_min"],
             "wall_s": run["timings"]["wall_s"],
-            "peak_in_flight": run["limits"]["api"]["peak_in_flight"]}
+            "peak_in_flight": run["limits"]["api"]["peak_in_flight"],
+            "cpu_s": cpu, "cpu_ms_per_task": sum(cpu.values()) / tasks * 1000}
 
 
 def sequential_loop(url: str, seconds: float, batch: int = 5) -> dict:
@@ -173,14 +294,22 @@ def main() -> None:
                   f"working {r['working_per_min']:.1f}/min, steady {r['steady_per_min']:.1f}"
                   f"/min, ideal {ideal:.1f}, wall {r['wall_per_min']:.1f}/min over "
                   f"{r['wall_s']:.0f} s", flush=True)
+            print("   CPU s by process: " + ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(r["cpu_s"].items(), key=lambda x: -x[1])),
+                flush=True)
+            print("   Ray calls by name: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(r["calls_by_name"].items(),
+                                              key=lambda x: -x[1])[:12]), flush=True)
     print(f"\nlatency {args.latency:.2f} s; ideal = 60 * C / (L * R)")
     print(f"{'in flight':>9} {'R':>5} {'ideal':>8} {'working':>8} {'of ideal':>9} "
-          f"{'steady':>8} {'of ideal':>9} {'wall':>8} {'vs sequential':>14}")
+          f"{'steady':>8} {'of ideal':>9} {'wall':>8} {'vs sequential':>14} "
+          f"{'CPU-ms/task':>12} {'Ray calls/task':>15}")
     for cap, r, ideal in rows:
         print(f"{cap:>9} {r['per_task']:>5.2f} {ideal:>8.1f} {r['working_per_min']:>8.1f} "
               f"{r['working_per_min'] / ideal:>9.0%} {r['steady_per_min']:>8.1f} "
               f"{r['steady_per_min'] / ideal:>9.0%} {r['wall_per_min']:>8.1f} "
-              f"{r['working_per_min'] / seq['per_min']:>13.1f}x")
+              f"{r['working_per_min'] / seq['per_min']:>13.1f}x "
+              f"{r['cpu_ms_per_task']:>12.1f} {r['ray_calls'] / r['tasks']:>15.2f}")
     print(f"{'sequential':>9} {seq['per_min']:>10.1f}")
 
 

@@ -15,12 +15,12 @@ import pytest
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
+from actors.ledger import Batch  # noqa: E402
 from actors.remote import Mirror, staging_dir  # noqa: E402
 from actors.runlog import RunFiles, recover  # noqa: E402
 from actors.writer import Writer  # noqa: E402
 from tests.runs import check_finished, config, env  # noqa: E402
-from tests.test_durability import admit, lines, propose_unit  # noqa: E402
-from tests.test_stages import stages  # noqa: E402
+from tests.test_ledger import lines  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +51,24 @@ def s3(tmp_path_factory):
 
 def test_batches_are_stored_and_the_working_copy_rebuilt_from_them(s3, tmp_path):
     uri = "s3://runs/unit"
-    w = Writer(str(tmp_path / "a"), 10, stages(), uri)
-    w.write([propose_unit(0, "Explain how rainbows form in the sky.")])
-    unit, _ = admit(lines(tmp_path / "a" / "candidates.jsonl"))
-    w.write([unit])
+    w = Writer(str(tmp_path / "a"), uri)
+    for name in ("responses", "accepted"):
+        batch = Batch()
+        batch.lines[name].append({"id": f"{name}-1"})
+        w.commit(batch)
     w.close()
     mirror = Mirror(uri)
     assert len(mirror.segments()) == 2
     # Another node (or a wiped disk) gets the same files back from the store.
     assert mirror.pull(tmp_path / "b") == 2
-    for name in ("responses.jsonl", "candidates.jsonl", "accepted.jsonl", "commits.jsonl"):
+    for name in ("responses.jsonl", "accepted.jsonl", "commits.jsonl"):
         assert (tmp_path / "b" / name).read_text() == (tmp_path / "a" / name).read_text()
     # A batch committed on the node but never stored does not count: a restarted writer
     # rebuilds its copy from the store.
     files = RunFiles(tmp_path / "a")
     files.commit({"dataset": [{"id": "not-stored"}]}, {})
     files.close()
-    Writer(str(tmp_path / "a"), 10, stages(), uri).close()
+    Writer(str(tmp_path / "a"), uri).close()
     assert recover(tmp_path / "a").batches == 2
     assert lines(tmp_path / "a" / "dataset.jsonl") == []
 

@@ -13,8 +13,8 @@ from actors.config import Limits, load_config
 from actors.estimate import estimate, model_minutes, prompt_tokens, render
 from actors.limits import cost_usd
 from actors.llm import Attempt, Completion, Request
-from actors.pipeline import RunError, api_keys, cache_prefixes, load_all_seeds, load_templates
 from actors.providers import Secret, anthropic_messages, apply_stops, openai_params, retry_after_s
+from actors.run_inputs import RunError, api_keys, cache_prefixes, load_all_seeds, load_templates
 from actors.stages import Stages, looks_like_text, response_records
 from tests.conftest import ROOT
 from tests.runs import config
