@@ -40,7 +40,7 @@ def for_model(cfg: Pipeline, name: str, max_in_flight: int = 16,
               parse_retries: int = 0) -> Pipeline:
     """The config with every stage served by `name`: what api_keys and client_for read."""
     stages = {s: getattr(cfg.stages, s).model_copy(update={
-        "model": name, "max_in_flight": max_in_flight, "parse_retries": parse_retries})
+        "model": name, "max_in_flight_per_actor": max_in_flight, "parse_retries": parse_retries})
         for s in ("propose", "classify", "instances")}
     return cfg.model_copy(update={"stages": cfg.stages.model_copy(update=stages)})
 

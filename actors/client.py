@@ -222,6 +222,6 @@ def client_for(cfg: Pipeline, stage: str, replicas: dict[str, list[Any]], gate: 
         backend = ApiBackend(model, conf.model, keys.get(conf.model), gate, prefixes)
     else:
         backend = LocalBackend(replicas[conf.model], stage, model.label)
-    return LLMClient(backend, conf.max_in_flight, stage, model.label,
+    return LLMClient(backend, conf.max_in_flight_per_actor, stage, model.label,
                      cache_path if cfg.cache.enabled else None, cfg.cache.replay_only,
                      conf.parse_retries, conf.retry_temperature)

@@ -144,7 +144,9 @@ class Decoding(Strict):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stop: list[str] = Field(default_factory=list)
-    max_in_flight: int = Field(16, ge=1, description="requests this stage keeps in flight")
+    max_in_flight_per_actor: int = Field(
+        16, ge=1, description="requests each actor of this stage keeps in flight (the model's "
+        "limits.max_in_flight caps them all together)")
     parse_retries: int = Field(
         2, ge=0, description="a response that cannot be parsed is asked again, at most this "
         "often, with another seed (and, if the stage decodes greedily, at retry_temperature); "
@@ -300,11 +302,8 @@ class Actors(Strict):
     proposer: ActorResources = Field(default_factory=ActorResources)
     classifier: ActorResources = Field(default_factory=ActorResources)
     instancer: ActorResources = Field(default_factory=ActorResources)
-
-
-class Queues(Strict):
-    batch_size: int = Field(8, ge=1, description="items per batch on a queue")
-    candidates: int = Field(8, ge=1, description="bound, in batches")
+    tasks_per_lease: int = Field(8, ge=1, description="tasks a classifier or instance actor "
+                                 "takes from the pool at a time (its requests go together)")
 
 
 class Run(Strict):
@@ -337,7 +336,6 @@ class Pipeline(Strict):
     filters: Filters = Field(default_factory=Filters)
     dedup: Dedup = Field(default_factory=Dedup)
     actors: Actors = Field(default_factory=Actors)
-    queues: Queues = Field(default_factory=Queues)
     cache: Cache = Field(default_factory=Cache)
     ray: RayConf = Field(default_factory=RayConf)
 
@@ -352,11 +350,23 @@ class Pipeline(Strict):
         return self
 
 
+# Keys renamed when the data path became one call per batch: named in the error, not guessed.
+RENAMED = {"queues.batch_size": "actors.tasks_per_lease",
+           "queues.candidates": "(nothing: proposals are asked only as the target needs them)",
+           **{f"stages.{s}.max_in_flight": f"stages.{s}.max_in_flight_per_actor"
+              for s in ("propose", "classify", "instances")}}
+
+
 def _format_error(source: str, err: dict[str, Any]) -> str:
     loc = list(err["loc"])
     if len(loc) > 2 and loc[0] == "models" and loc[2] in MODEL_KINDS:
         del loc[2]  # the union's tag, not a key the user wrote
     path = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden" and path in RENAMED:
+        return f"{source}: {path}: this key is now {RENAMED[path]}"
+    if err["type"] == "extra_forbidden" and path == "queues":
+        return (f"{source}: queues: this section is gone; batch_size is now "
+                f"actors.tasks_per_lease")
     if err["type"] == "extra_forbidden":
         return f"{source}: {path}: unknown key (check its spelling or remove it)"
     if err["type"] == "missing":

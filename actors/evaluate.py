@@ -454,9 +454,9 @@ def eval_fingerprint(cfg: Pipeline, opts: EvalOptions) -> dict[str, Any]:
         "tasks_file": {Path(opts.tasks).name: _sha256(opts.tasks)},
         "seed": opts.seed,
         "prompt_files": {p.name: _sha256(p) for p in PROMPT_FILES},
-        "answer": opts.answer_decoding().model_dump(exclude={"model", "max_in_flight"}),
+        "answer": opts.answer_decoding().model_dump(exclude={"model", "max_in_flight_per_actor"}),
         "judge": {"model": model_identity(cfg.models[opts.judge]),
-                  **opts.judge_decoding().model_dump(exclude={"model", "max_in_flight"})},
+                  **opts.judge_decoding().model_dump(exclude={"model", "max_in_flight_per_actor"})},
         "models": {m: model_identity(cfg.models[m]) for m in opts.models},
     }
 

@@ -15,7 +15,7 @@ from typing import Any
 from actors.config import Pipeline
 
 # Per stage: which model serves it and how many requests it keeps in flight may change.
-FREE_STAGE_KEYS = {"model", "max_in_flight"}
+FREE_STAGE_KEYS = {"model", "max_in_flight_per_actor"}
 
 
 class ResumeError(RuntimeError):

@@ -3,7 +3,8 @@
 Each loop makes one call to the pool per batch, `exchange`: the results of the batch it just
 did go in, the next batch comes out (the pool waits until there is one). The model's answers
 become records here, through the pure stage logic (stages.py); the pool decides what they mean
-for the run. A worker keeps up to `max_in_flight` requests going by running several loops.
+for the run. A worker keeps up to `max_in_flight_per_actor` requests going by running several
+loops.
 
 Each process a worker runs in is a new life (Ray restarts a dead actor in a new process); the
 pool and the gate see the life in every call, and hand out again what an earlier life held.
@@ -105,7 +106,7 @@ class Classifier(StageWorker):
     stage = "classify"
 
     def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any) -> None:
-        super().__init__(name, stages, client, pool, stages.cfg.queues.batch_size)
+        super().__init__(name, stages, client, pool, stages.cfg.actors.tasks_per_lease)
 
     async def handle(self, work: list[Any]) -> tuple[list[Any], list[str]]:
         answers = await self._ask(
@@ -126,7 +127,7 @@ class Instancer(StageWorker):
     stage = "instances"
 
     def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any) -> None:
-        super().__init__(name, stages, client, pool, stages.cfg.queues.batch_size)
+        super().__init__(name, stages, client, pool, stages.cfg.actors.tasks_per_lease)
 
     async def handle(self, work: list[Any]) -> tuple[list[Any], list[str]]:
         answers = await self._ask(

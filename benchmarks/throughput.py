@@ -187,9 +187,9 @@ def _pipeline_run(url: str, srv: FakeServer, cap: int, target: int, work: Path,
     cfg = config(work, models={"api": {
         "provider": "openai_compatible", "model": "fake", "base_url": f"{url}/v1",
         "limits": {"max_in_flight": cap}, "timeout_s": 30}},
-        stages={s: {"model": "api", "max_in_flight": cap}
+        stages={s: {"model": "api", "max_in_flight_per_actor": cap}
                 for s in ("propose", "classify", "instances")},
-        queues={"batch_size": 8})
+        actors={"tasks_per_lease": 8})
     out = work / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "actors", "run", str(cfg), "--out", str(out), "--target",

@@ -26,10 +26,11 @@ def test_shipped_pipeline_yaml_is_valid_and_matches_defaults():
     assert cfg.stages.classify.mode == "chat"
     cfg.stages.classify.mode = "completion"
     # Requests in flight are sized for the two embedded replicas (they do not change the data).
-    assert (cfg.stages.propose.max_in_flight, cfg.stages.classify.max_in_flight,
-            cfg.stages.instances.max_in_flight) == (5, 8, 8)
+    assert (cfg.stages.propose.max_in_flight_per_actor,
+            cfg.stages.classify.max_in_flight_per_actor,
+            cfg.stages.instances.max_in_flight_per_actor) == (5, 8, 8)
     for stage in ("propose", "classify", "instances"):
-        getattr(cfg.stages, stage).max_in_flight = 16
+        getattr(cfg.stages, stage).max_in_flight_per_actor = 16
     assert cfg.stages == Pipeline().stages
     assert cfg.filters == Pipeline().filters
     assert cfg.dedup == Pipeline().dedup
@@ -112,3 +113,15 @@ def test_a_config_that_is_not_utf8_names_its_line(tmp_path):
     path.write_bytes(b"run:\n  out: caf\xe9\n")
     with pytest.raises(ConfigError, match=r"p\.yaml:2: not UTF-8 text \(byte 0xe9 at byte 11"):
         load_config(path)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"queues": {"batch_size": 4}}, "queues: this section is gone; batch_size is now "
+                                    "actors.tasks_per_lease"),
+    ({"stages": {"classify": {"max_in_flight": 4}}},
+     "stages.classify.max_in_flight: this key is now stages.classify.max_in_flight_per_actor"),
+])
+def test_a_renamed_key_names_its_new_name(tmp_path, data, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "p.yaml", ROOT)
+    assert str(err.value) == f"p.yaml: {message}"

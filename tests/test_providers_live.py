@@ -122,9 +122,9 @@ def assert_no_secret(out: Path, proc: subprocess.CompletedProcess) -> None:
 
 def three_stages(propose: str, classify: str, instances: str, in_flight: int = 16
                  ) -> dict[str, dict[str, Any]]:
-    return {"propose": {"model": propose, "max_in_flight": in_flight},
-            "classify": {"model": classify, "max_in_flight": in_flight},
-            "instances": {"model": instances, "max_in_flight": in_flight}}
+    return {"propose": {"model": propose, "max_in_flight_per_actor": in_flight},
+            "classify": {"model": classify, "max_in_flight_per_actor": in_flight},
+            "instances": {"model": instances, "max_in_flight_per_actor": in_flight}}
 
 
 @pytest.mark.slow

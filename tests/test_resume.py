@@ -23,7 +23,7 @@ def cfg(**stage):
 
 def test_method_changes_are_named_and_free_settings_are_not():
     base = fingerprint(cfg(), TEMPLATES)
-    assert changes(base, fingerprint(cfg(max_in_flight=64), TEMPLATES)) == []
+    assert changes(base, fingerprint(cfg(max_in_flight_per_actor=64), TEMPLATES)) == []
     other = cfg(temperature=0.9)
     other.run.target, other.actors.proposers = 5000, 8
     assert changes(base, fingerprint(other, TEMPLATES)) == [
