@@ -128,6 +128,7 @@ class Ledger:
             self._record(stages.instance_outcome(task, completion_of(rec)).as_dict(),
                          count=False)
         self._flush_in_order()
+        self._decide()  # candidates a resumed run left undecided, as far as there is room
 
     def _add_shot(self, task: dict[str, Any]) -> None:
         self.machine.append(Shot(task["id"], task["instruction"]))
@@ -206,6 +207,7 @@ class Ledger:
             self.done += ok
             self.failed += not ok
         self._flush_in_order()
+        self._decide()  # a failed task frees room: candidates waiting for it are decided now
         return new
 
     def release(self, worker: str, tids: list[str]) -> None:

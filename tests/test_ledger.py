@@ -121,8 +121,7 @@ def test_admission_stops_at_the_target_and_a_failed_task_frees_room(tmp_path):
     d.ledger.classified("c", [classified(a)])
     (a2,) = d.ledger.take("i", "instances", 1)
     d.ledger.finished("i", [finished(a2, "")])  # no instance: the task fails
-    d.ledger.proposed("p", [])  # any result lets the ledger decide again
-    assert [t["instruction"] for t in d.admitted()] == [MONEY]
+    assert [t["instruction"] for t in d.admitted()] == [MONEY]  # decided as room frees
 
 
 def test_work_of_a_lost_worker_is_handed_out_again(tmp_path):
@@ -235,3 +234,13 @@ def test_the_pool_commits_in_the_background_and_the_driver_sees_tasks(tmp_path):
     final = asyncio.run(scenario())
     assert final["tasks"] == 1 and len(lines(tmp_path / "dataset.jsonl")) == 1
     assert recover(tmp_path).counts == final["stages"]
+
+
+def test_a_resumed_ledger_decides_the_candidates_left_waiting(tmp_path):
+    d = Dir(tmp_path, target=1)
+    d.ledger.sample("p", 1)
+    d.ledger.proposed("p", [propose_unit(0, RAINBOW, MONEY)])
+    d.commit()  # a stop: MONEY waits undecided
+    d2 = Dir(tmp_path, target=5)  # resumed with a larger target: decided at once
+    assert [t["instruction"] for t in d2.admitted()] == [RAINBOW, MONEY]
+    assert d2.ledger.pending()["candidates"] == 0
