@@ -29,6 +29,7 @@ namespace {
 
 constexpr int kCommon = 64;     // the most frequent tokens, summarised as one bit each
 constexpr uint8_t kSat = 0xFF;  // an entry's small counts saturate here ("unknown")
+constexpr int kNever = 1 << 30;  // an overlap no pair reaches
 
 // A token list's summary for the overlap bound: how many of its occurrences are of rare
 // (not common) tokens, which common tokens it holds, and how many common occurrences repeat.
@@ -98,13 +99,15 @@ struct Scratch {
   std::vector<uint64_t> state;
   std::vector<int32_t> count;   // occurrence counter for ordering elements
   std::vector<Elem> elems;
-  std::vector<int> need;        // per member length: the least overlap that can pass
+  int need[kSat + 1];           // per member length: the least overlap that can pass
   std::vector<uint32_t> hits;   // members whose bound passed (with repeats)
+  std::vector<uint64_t> seen;   // a bit per pool member, zero between candidates
   int words = 0;
   const int32_t* pattern = nullptr;
   int la = 0;
 
-  void grow(size_t vocab) {
+  void grow(size_t members, size_t vocab) {
+    if (seen.size() * 64 < members) seen.resize(members / 64 + 1, 0);
     if (mask.size() < vocab) {
       mask.resize(vocab, 0);
       slot.resize(vocab, 0);
@@ -198,7 +201,7 @@ class Index {
     std::vector<Summary> summaries(n);
     for (size_t c = 0; c < n; ++c) summaries[c] = summarise(batch[c].data(), batch[c].size());
     const size_t threads = std::min<size_t>(threads_, std::max<size_t>(n, 1));
-    for (size_t t = 0; t < threads; ++t) scratch_[t].grow(vocab_);
+    for (size_t t = 0; t < threads; ++t) scratch_[t].grow(pool, vocab_);
     // Against the pool: candidates in parallel, each scored by one thread.
     std::atomic<size_t> next{0};
     std::atomic<bool> failed{false};
@@ -251,7 +254,8 @@ class Index {
       for (const Posting& p : by_k) total += p.entries.capacity() * sizeof(Entry);
     }
     for (const Scratch& s : scratch_) {
-      total += s.hits.capacity() * 4 + s.mask.capacity() * 8 + s.slot.capacity() * 4;
+      total += s.hits.capacity() * 4 + s.seen.capacity() * 8 + s.mask.capacity() * 8;
+      total += s.slot.capacity() * 4;
       total += s.count.capacity() * 4 + s.rows.capacity() * 8 + s.elems.capacity() * sizeof(Elem);
     }
     return total;
@@ -271,13 +275,13 @@ class Index {
     return 2.0 * overlap / (la + lb) >= tau_;
   }
 
-  // The least overlap for which bound_passes holds at these lengths, or INT32_MAX if none can.
+  // The least overlap for which bound_passes holds at these lengths, or kNever if none can.
   int needed(int la, int lb) const {
     const int most = std::min(la, lb);
     int o = std::max(0, static_cast<int>(std::ceil(tau_ * (la + lb) / 2)) - 2);
     while (o > 0 && bound_passes(o - 1, la, lb)) --o;
     while (o <= most && !bound_passes(o, la, lb)) ++o;
-    return o <= most ? o : INT32_MAX;
+    return o <= most ? o : kNever;
   }
 
   // The member lengths lb for which an overlap of min(head, lb) passes: [lo, hi].
@@ -376,12 +380,14 @@ class Index {
       return;
     }
     elements(a.data(), la, s.count, s.elems);
-    s.hits.clear();
     const int probe = prefix(la);
-    // The least overlap that passes, per member length in the widest window (at i = 0).
+    // The least overlap that passes, per member length below kSat: kNever outside the
+    // widest window (at i = 0), where no entry can pass.
     const Window widest = window(la, la);
-    s.need.resize(std::min(widest.hi, int{kSat}) + 1);
-    for (int lb = widest.lo; lb < static_cast<int>(s.need.size()); ++lb) s.need[lb] = needed(la, lb);
+    std::fill(s.need, s.need + kSat + 1, kNever);
+    for (int lb = widest.lo; lb <= std::min(widest.hi, kSat - 1); ++lb)
+      s.need[lb] = needed(la, lb);
+    size_t n = 0;  // entries passed so far (a member may pass more than once)
     for (int i = 0; i < probe; ++i) {
       const Elem& e = s.elems[i];
       if (static_cast<size_t>(e.tok) >= postings_.size()) continue;
@@ -391,45 +397,57 @@ class Index {
       // at most what follows it on each side; the rare matches follow it among the rare
       // occurrences, the common ones are bounded by the summaries. Every later match of the
       // pair has a smaller bound, so "some entry passes" is "the first entry passes": filter
-      // entries one by one (skipping the lengths that cannot pass), then score each member
-      // once.
+      // entries one by one, then score each member once. The bound is at most min(head, lb),
+      // so the lengths where that cannot pass (outside the window) are not even read.
       const int head = la - i, rare_head = x.rare - i;
       const Window w = window(la, head);
-      // The window in the entries' one-byte lengths (kSat: at least kSat, checked in full).
-      const int lo = std::min(w.lo, int{kSat}), hi = std::min(w.hi, int{kSat});
-      auto visit = [&](const Entry& p) {
-        int lb = p.len, need;
-        if (lb == kSat) {
-          lb = member_length(p.member);
-          if (lb < w.lo || lb > w.hi) return;
-          need = needed(la, lb);
-        } else {
-          need = s.need[lb];
-        }
-        if (std::min(head, lb - p.pos) < need) return;
+      auto passes = [&](const Entry& p, int lb, int need) {
         const int rare = std::max(0, std::min(rare_head, (p.rare == kSat ? lb : p.rare) - p.pos));
         const int common = __builtin_popcountll(x.common & p.common) +
                            std::min(x.repeats, p.repeats == kSat ? lb : p.repeats);
-        if (rare + common >= need) s.hits.push_back(p.member);
+        return std::min(std::min(head, lb - p.pos), rare + common) >= need;
+      };
+      auto scan = [&](const Entry* from, const Entry* to) {  // branch-free but for kSat
+        if (s.hits.size() < n + (to - from)) s.hits.resize(2 * (n + (to - from)));
+        uint32_t* hits = s.hits.data();
+        for (const Entry* p = from; p < to; ++p) {
+          if (p->len == kSat) {  // a long member: its length from the offsets
+            const int lb = member_length(p->member);
+            if (lb <= w.hi && passes(*p, lb, needed(la, lb))) hits[n++] = p->member;
+            continue;
+          }
+          hits[n] = p->member;
+          n += passes(*p, p->len, s.need[p->len]);
+        }
       };
       const Posting& posting = by_k[e.k];
       const Entry* begin = posting.entries.data();
       const Entry* sorted_end = begin + posting.sorted;
-      const Entry* p = std::lower_bound(begin, sorted_end, lo,
-                                        [](const Entry& q, int len) { return q.len < len; });
-      for (; p < sorted_end && p->len <= hi; ++p) visit(*p);
-      for (p = sorted_end; p < begin + posting.entries.size(); ++p)
-        if (p->len >= lo && p->len <= hi) visit(*p);
+      auto shorter = [](const Entry& q, int len) { return q.len < len; };
+      const Entry* from = std::lower_bound(begin, sorted_end, std::min(w.lo, int{kSat}), shorter);
+      const Entry* to = w.hi >= kSat ? sorted_end
+                                     : std::lower_bound(from, sorted_end, w.hi + 1, shorter);
+      scan(from, to);
+      scan(sorted_end, begin + posting.entries.size());
     }
-    // Each member once, in member order, its tokens fetched ahead: the scores are bound by
-    // memory latency, not arithmetic, in a large pool.
-    std::sort(s.hits.begin(), s.hits.end());
-    s.hits.erase(std::unique(s.hits.begin(), s.hits.end()), s.hits.end());
-    const size_t n = s.hits.size();
+    // Each member once (a bitmap of the pool, cache-resident), in member order, its tokens
+    // fetched ahead: in a large pool the scores are bound by memory latency, not arithmetic.
+    uint32_t* hits = s.hits.data();
+    size_t unique = 0;
     for (size_t k = 0; k < n; ++k) {
-      if (k + 16 < n) __builtin_prefetch(&offsets_[s.hits[k + 16]]);
-      if (k + 8 < n) __builtin_prefetch(member_tokens(s.hits[k + 8]));
-      const uint32_t m = s.hits[k];
+      const uint32_t m = hits[k];
+      uint64_t& word = s.seen[m >> 6];
+      const uint64_t bit = uint64_t{1} << (m & 63);
+      hits[unique] = m;
+      unique += !(word & bit);
+      word |= bit;
+    }
+    for (size_t k = 0; k < unique; ++k) s.seen[hits[k] >> 6] = 0;
+    std::sort(hits, hits + unique);
+    for (size_t k = 0; k < unique; ++k) {
+      if (k + 16 < unique) __builtin_prefetch(&offsets_[hits[k + 16]]);
+      if (k + 8 < unique) __builtin_prefetch(member_tokens(hits[k + 8]));
+      const uint32_t m = hits[k];
       const int lb = member_length(m);
       record(r, m, f_measure(s.lcs(member_tokens(m), lb), la, lb));
     }

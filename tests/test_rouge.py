@@ -263,6 +263,21 @@ def test_pruning_equals_the_same_kernel_without_it(keep_at_threshold, floor):
     assert len(pruned) == len(everything)
 
 
+@pytest.mark.parametrize("length", [30, 100, 254, 255, 256, 300, 600])
+def test_a_pair_exactly_at_the_floor_is_found(length):
+    """Bounds at their tightest: the candidate's unshared words come first in the global
+    order (seen later), so its first match leaves exactly the overlap the floor needs, at
+    lengths in and past the entries' one-byte fields."""
+    member = [f"a{i}" for i in range(length)]
+    for shared in (length // 2, length // 2 + 1, length // 2 - 1):
+        candidate = member[:shared] + [f"b{i}" for i in range(length - shared)]
+        a, b = " ".join(member), " ".join(candidate)
+        f = SCORER.score(a, b)["rougeL"].fmeasure
+        idx = RougeIndex(neighbour_floor=0.5)
+        idx.add("a", a)
+        assert _neighbours(idx.score(b)) == ([("a", f)] if f >= 0.5 else [])
+
+
 def _assert_same(got, brute, floor):
     """Same decisions and neighbours; the same max wherever it reaches the floor (below it,
     the pruned index's max is the best among the pairs it computed)."""
