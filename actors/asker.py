@@ -17,7 +17,8 @@ import ray
 from actors.client import LLMClient, client_for
 from actors.config import ApiModel, ConfigError, LocalModel, Pipeline
 from actors.gate import Gate
-from actors.llm import Completion, Request, start_local_replicas
+from actors.llm import Completion, Request
+from actors.local_model import start_local_replicas
 from actors.pipeline import init_ray
 from actors.providers import Secret
 from actors.run_inputs import api_keys

@@ -24,7 +24,7 @@ from actors import logs
 from actors.client import client_for
 from actors.config import ApiModel, Pipeline
 from actors.gate import Gate
-from actors.llm import start_local_replicas
+from actors.local_model import start_local_replicas
 from actors.pool import Pool
 from actors.remote import Mirror, is_remote, staging_dir
 from actors.resume import check_resume, fingerprint

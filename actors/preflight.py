@@ -32,7 +32,7 @@ def gguf_counter(model: LocalModel) -> TokenCounter:
     a second), so digits, code and non-English text are counted as the model will see them."""
     from llama_cpp import Llama
 
-    from actors.llm import default_gguf
+    from actors.local_model import default_gguf
 
     with contextlib.redirect_stderr(io.StringIO()):  # llama.cpp's notes on a vocab-only load
         llm = Llama(model_path=model.path or default_gguf(), vocab_only=True, n_ctx=8,

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from actors.config import LocalModel, Pipeline
-from actors.llm import LocalModelWorker, make_request
+from actors.llm import make_request  # noqa: E402
+from actors.local_model import LocalModelWorker
 from actors.parsing import parse_classification
 from actors.prompts import load_template
 from actors.seeds import load_seeds

@@ -55,3 +55,15 @@ def test_max_cost_is_refused_as_the_yaml_refuses_it(value, capsys):
     assert info.value.code == 2
     assert (f"argument --max-cost: '{value}': Input should be greater than 0, as for "
             f"run.max_cost in the config") in capsys.readouterr().err
+
+
+def test_validate_imports_no_ray():
+    """validate checks everything before a cluster exists: it must not pull Ray in."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from actors.cli import main; rc = main(['validate', 'pipeline.yaml']); "
+            "assert rc == 0; assert 'ray' not in sys.modules, 'ray imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
