@@ -16,9 +16,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <functional>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 #include <thread>
@@ -178,13 +181,92 @@ struct Scratch {
   }
 };
 
+// Helper threads kept for the index's life. run() shares items among the caller and the
+// helpers and returns when every item is done; it waits only for items a helper has taken, so a
+// helper the OS has not scheduled yet (a busy machine) costs nothing.
+class Workers {
+ public:
+  explicit Workers(int helpers) : wanted_(helpers) {}
+  Workers(const Workers&) = delete;
+  Workers& operator=(const Workers&) = delete;
+
+  ~Workers() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+
+  // Calls body(thread, item) for every item in [0, n), thread 0 being the caller's.
+  void run(size_t n, const std::function<void(size_t, size_t)>& body) {
+    if (n > 1 && threads_.empty())
+      for (int t = 1; t <= wanted_; ++t) threads_.emplace_back([this, t] { serve(t); });
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      body_ = &body;
+      items_ = n;
+      next_ = 0;
+      failed_ = false;
+      ++generation_;
+    }
+    if (n > 1) wake_.notify_all();
+    work(0, body, n);
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      body_ = nullptr;  // helpers that have not joined in yet will not
+      idle_.wait(lock, [this] { return busy_ == 0; });
+    }
+    if (failed_) throw std::bad_alloc();
+  }
+
+ private:
+  void work(size_t t, const std::function<void(size_t, size_t)>& body, size_t n) {
+    try {
+      for (size_t c; !failed_ && (c = next_++) < n;) body(t, c);
+    } catch (...) {
+      failed_ = true;
+    }
+  }
+
+  void serve(size_t t) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stop_ || (body_ && generation_ != seen); });
+      if (stop_) return;
+      seen = generation_;
+      ++busy_;
+      const auto* body = body_;
+      const size_t n = items_;
+      lock.unlock();
+      work(t, *body, n);
+      lock.lock();
+      if (--busy_ == 0) idle_.notify_all();
+    }
+  }
+
+  const int wanted_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable wake_, idle_;
+  const std::function<void(size_t, size_t)>* body_ = nullptr;
+  size_t items_ = 0;
+  uint64_t generation_ = 0;
+  int busy_ = 0;
+  bool stop_ = false;
+  std::atomic<size_t> next_{0};
+  std::atomic<bool> failed_{false};
+};
+
 class Index {
  public:
   Index(double tau, double floor, double threshold, bool keep_at_threshold, int max_neighbours,
         bool brute_force, int threads)
       : tau_(tau), floor_(floor), threshold_(threshold), keep_at_threshold_(keep_at_threshold),
         max_neighbours_(max_neighbours), brute_force_(brute_force),
-        threads_(std::max(1, threads)), scratch_(std::max(1, threads)) {}
+        scratch_(std::max(1, threads)), workers_(std::max(1, threads) - 1) {}
 
   size_t size() const { return offsets_.size() - 1; }
   uint64_t lcs_computed() const { return lcs_computed_; }
@@ -200,24 +282,11 @@ class Index {
     std::vector<Result> out(n);
     std::vector<Summary> summaries(n);
     for (size_t c = 0; c < n; ++c) summaries[c] = summarise(batch[c].data(), batch[c].size());
-    const size_t threads = std::min<size_t>(threads_, std::max<size_t>(n, 1));
-    for (size_t t = 0; t < threads; ++t) scratch_[t].grow(pool, vocab_);
+    for (Scratch& sc : scratch_) sc.grow(pool, vocab_);
     // Against the pool: candidates in parallel, each scored by one thread.
-    std::atomic<size_t> next{0};
-    std::atomic<bool> failed{false};
-    auto work = [&](size_t t) {
-      try {
-        for (size_t c; !failed && (c = next++) < n;)
-          score_pool(scratch_[t], batch[c], summaries[c], pool, out[c]);
-      } catch (...) {
-        failed = true;
-      }
-    };
-    std::vector<std::thread> helpers;
-    for (size_t t = 1; t < threads; ++t) helpers.emplace_back(work, t);
-    work(0);
-    for (auto& h : helpers) h.join();
-    if (failed) throw std::bad_alloc();
+    workers_.run(n, [&](size_t t, size_t c) {
+      score_pool(scratch_[t], batch[c], summaries[c], pool, out[c]);
+    });
     // Within the batch, in order: earlier kept candidates are pool members by now.
     Scratch& s = scratch_[0];
     std::vector<size_t> kept;
@@ -527,8 +596,8 @@ class Index {
   const bool keep_at_threshold_;
   const int max_neighbours_;
   const bool brute_force_;
-  const int threads_;
-  std::vector<Scratch> scratch_;
+  std::vector<Scratch> scratch_;  // one per thread
+  Workers workers_;
   std::vector<int32_t> tokens_;
   std::vector<uint64_t> offsets_{0};
   std::vector<int64_t> rank_;

@@ -3,17 +3,22 @@
 rouge-score's F for an LCS of length L between token lists of lengths la and lb is, up to float
 rounding, 2L/(la+lb). A pair can reach a prune level tau only if L >= tau*(la+lb)/2, so only
 if the two token multisets overlap that much, and only if their lengths are within a ratio. The
-index uses three bounds that never drop such a pair:
+index uses bounds that never drop such a pair:
 
 - length: 2*min(la, lb)/(la+lb) >= tau;
 - prefix filtering (as in PPJoin): with every token occurrence ordered by one fixed global order,
   two multisets sharing t elements share an element within their first |x|-t+1 elements, so a
   member is indexed by its prefix only and a candidate probes with its own prefix;
 - position: no match comes before the first prefix match (i, j), so the overlap is at most
-  1 + min(la-1-i, lb-1-j).
+  min(la-i, lb-j);
+- overlap: the global order puts rare tokens before the 64 most frequent ("common") ones, so
+  after (i, j) the rare matches number at most min(rare_a-i, rare_b-j), and the common ones at
+  most the common tokens both hold plus the fewer repeated common occurrences (each list's
+  common tokens are one 64-bit mask in every posting entry: no member is read to bound it).
 
 The global order is "rarest first": tokens are re-ranked by document frequency at geometric
 pool sizes; tokens first seen since then count as rarer than all. Any fixed order is correct.
+Postings are sorted by member length, so the lengths that cannot pass are not even read.
 
 The pairs left get an exact LCS (bit-parallel, over token ids) and rouge-score's float formula.
 All of that runs in the compiled kernel (actors/_rouge_index.cpp), which scores a batch's
