@@ -53,23 +53,43 @@ struct Entry {       // a member holding a token occurrence in its indexed prefi
 };
 
 // The members holding one token occurrence in their prefix. Entries are kept sorted by
-// length, so a candidate reads only the lengths that can pass; new entries go to an unsorted
-// tail, merged in when it grows to a third of the posting (amortised O(log n) per entry).
+// length, then position, so a candidate reads only the lengths that can pass and, of each,
+// only the positions that leave enough; new entries go to an unsorted tail (read in full),
+// merged in when it grows to a ninth of the posting.
 struct Posting {
   std::vector<Entry> entries;
   size_t sorted = 0;
 
+  static bool before(const Entry& x, const Entry& y) {
+    return x.len != y.len ? x.len < y.len : x.pos < y.pos;
+  }
+
   void append(const Entry& e) {
     entries.push_back(e);
     const size_t tail = entries.size() - sorted;
-    if (tail > 16 && tail * 2 > sorted) {
-      auto by_length = [](const Entry& x, const Entry& y) { return x.len < y.len; };
-      std::sort(entries.begin() + sorted, entries.end(), by_length);
-      std::inplace_merge(entries.begin(), entries.begin() + sorted, entries.end(), by_length);
-      sorted = entries.size();
-    }
+    if (tail > 16 && tail * 8 > sorted) sort_tail();
+  }
+
+  void sort_tail() {
+    std::sort(entries.begin() + sorted, entries.end(), before);
+    std::inplace_merge(entries.begin(), entries.begin() + sorted, entries.end(), before);
+    sorted = entries.size();
   }
 };
+
+// The end of the run of entries of p's length in [p, to): a galloping search, reading
+// O(log run) entries.
+const Entry* run_end(const Entry* p, const Entry* to) {
+  const uint8_t len = p->len;
+  const Entry* lo = p;
+  size_t step = 1;
+  while (static_cast<size_t>(to - lo) > step && lo[step].len == len) {
+    lo += step;
+    step *= 2;
+  }
+  const Entry* hi = static_cast<size_t>(to - lo) > step ? lo + step : to;
+  return std::upper_bound(lo, hi, len, [](uint8_t l, const Entry& q) { return l < q.len; });
+}
 
 struct Elem {        // a token occurrence: the k-th occurrence of tok, ordered by (key, k)
   int64_t key;
@@ -493,26 +513,34 @@ class Index {
       const Entry* begin = posting.entries.data();
       const Entry* sorted_end = begin + posting.sorted;
       auto shorter = [](const Entry& q, int len) { return q.len < len; };
-      const Entry* from = std::lower_bound(begin, sorted_end, std::min(w.lo, int{kSat}), shorter);
+      const Entry* p = std::lower_bound(begin, sorted_end, std::min(w.lo, int{kSat}), shorter);
       const Entry* to = w.hi >= kSat ? sorted_end
-                                     : std::lower_bound(from, sorted_end, w.hi + 1, shorter);
-      scan(from, to);
+                                     : std::lower_bound(p, sorted_end, w.hi + 1, shorter);
+      while (p < to) {  // one run of a length at a time
+        const Entry* end = run_end(p, to);
+        if (p->len == kSat) {
+          scan(p, end);  // long members, each checked in full
+        } else {
+          // Past this position an entry leaves fewer than need[len] tokens after its match.
+          const int last = p->len - s.need[p->len];
+          scan(p, std::upper_bound(p, end, last, [](int pos, const Entry& q) {
+                 return pos < q.pos;
+               }));
+        }
+        p = end;
+      }
       scan(sorted_end, begin + posting.entries.size());
     }
-    // Each member once (a bitmap of the pool, cache-resident), in member order, its tokens
-    // fetched ahead: in a large pool the scores are bound by memory latency, not arithmetic.
+    // Each member once, in member order (a bitmap of the pool, small enough for the cache),
+    // its tokens fetched ahead: in a large pool the scores are bound by memory latency.
     uint32_t* hits = s.hits.data();
+    for (size_t k = 0; k < n; ++k) s.seen[hits[k] >> 6] |= uint64_t{1} << (hits[k] & 63);
     size_t unique = 0;
-    for (size_t k = 0; k < n; ++k) {
-      const uint32_t m = hits[k];
-      uint64_t& word = s.seen[m >> 6];
-      const uint64_t bit = uint64_t{1} << (m & 63);
-      hits[unique] = m;
-      unique += !(word & bit);
-      word |= bit;
+    for (size_t w = 0, words = (pool + 63) / 64; w < words; ++w) {
+      for (uint64_t bits = s.seen[w]; bits; bits &= bits - 1)
+        hits[unique++] = static_cast<uint32_t>(w * 64 + __builtin_ctzll(bits));
+      s.seen[w] = 0;
     }
-    for (size_t k = 0; k < unique; ++k) s.seen[hits[k] >> 6] = 0;
-    std::sort(hits, hits + unique);
     for (size_t k = 0; k < unique; ++k) {
       if (k + 16 < unique) __builtin_prefetch(&offsets_[hits[k + 16]]);
       if (k + 8 < unique) __builtin_prefetch(member_tokens(hits[k + 8]));
@@ -586,9 +614,8 @@ class Index {
     for (size_t m = 0; m < size(); ++m) post(m);
     for (auto& by_k : postings_)
       for (Posting& p : by_k) {
-        std::stable_sort(p.entries.begin(), p.entries.end(),
-                         [](const Entry& x, const Entry& y) { return x.len < y.len; });
-        p.sorted = p.entries.size();
+        p.sorted = 0;
+        p.sort_tail();
       }
   }
 
