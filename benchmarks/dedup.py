@@ -4,7 +4,8 @@ measured in the same run (the machine may be shared: compare within a run).
 Baselines: rouge-score's own per-pair cost (pure Python, re-tokenising both texts of every
 pair, one thread), and the same compiled kernel without pruning (brute force: every pair, on
 pre-tokenised texts, with the same threads). The first ratio mixes kernel, tokenising, pruning
-and threads; the second is the pruning's own gain.
+and threads; the second is the pruning's own gain; one line splits the first into its factors
+(tokenising once, the kernel on one thread, the threads, the pruning).
 
 Sections, on Alpaca's 52,002 instructions (../shared/data/alpaca):
 - the greedy pass at neighbour floor 0.5 (the default: every neighbour >= 0.5 recorded) and
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from rouge_score import rouge_scorer
+from rouge_score import tokenize as rs_tokenize
 
 from actors.dedup_index import Decision, RougeIndex, usable_cpus
 
@@ -89,15 +91,21 @@ def spliced(texts: list[str], n: int, seed: int) -> list[str]:
     return out
 
 
-def rouge_score_pair_cost(texts: list[str], pairs: int = 20_000) -> float:
-    """Seconds per pair for rouge-score's RougeScorer on random Alpaca pairs."""
+def rouge_score_costs(texts: list[str], pairs: int = 20_000) -> tuple[float, float]:
+    """Seconds per pair on random Alpaca pairs for rouge-score's RougeScorer (tokenising both
+    texts every time), and for its LCS and F alone on texts tokenised once."""
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     rng = random.Random(0)
     sample = [(rng.choice(texts), rng.choice(texts)) for _ in range(pairs)]
     start = time.perf_counter()
     for a, b in sample:
         scorer.score(a, b)
-    return (time.perf_counter() - start) / pairs
+    per_pair = (time.perf_counter() - start) / pairs
+    tokens = [(rs_tokenize.tokenize(a, None), rs_tokenize.tokenize(b, None)) for a, b in sample]
+    start = time.perf_counter()
+    for a, b in tokens:
+        rouge_scorer._score_lcs(a, b)
+    return per_pair, (time.perf_counter() - start) / pairs
 
 
 def greedy(texts: list[str], floor: float, keep_at_threshold: bool = False,
@@ -127,7 +135,9 @@ def same(a: list[Decision], b: list[Decision]) -> bool:
     return [(d.keep, d.neighbours) for d in a] == [(d.keep, d.neighbours) for d in b]
 
 
-def greedy_section(texts: list[str], pair_cost: float, brute: bool, repeat: int) -> None:
+def greedy_section(texts: list[str], costs: tuple[float, float], brute: bool,
+                   repeat: int) -> None:
+    pair_cost = costs[0]
     pruned: dict[float, tuple[float, list[Decision]]] = {}
     for floor in (0.5, 0.7):
         for rule, kat in (("paper (< 0.7)", False), ("code (<= 0.7)", True)):
@@ -156,6 +166,23 @@ def greedy_section(texts: list[str], pair_cost: float, brute: bool, repeat: int)
               f"{wall_b / pruned[0.5][0]:.0f}x, at 0.7: {wall_b / pruned[0.7][0]:.0f}x; "
               f"decisions and neighbours identical: {same(decisions_b, pruned[0.5][1])}",
               flush=True)
+        gain_parts(texts[:15_000], costs, wall_b / pruned[0.5][0])
+
+
+def gain_parts(texts: list[str], costs: tuple[float, float], pruning: float) -> None:
+    """The gain over rouge-score, factor by factor: tokenising once, the compiled kernel on
+    one thread, the threads, then the pruning (brute-force passes over `texts`, per pair)."""
+    per_pair, lcs_only = costs
+    one = timed(1, greedy, texts, 0.5, brute_force=True, threads=1)
+    many = timed(1, greedy, texts, 0.5, brute_force=True)
+    k1, kn = (t[0] / t[2][1].lcs_computed for t in (one, many))
+    print(f"the gain over rouge-score, factor by factor (brute force over the first "
+          f"{len(texts):,}, per pair, tokenising included): rouge-score {per_pair * 1e6:.1f} us"
+          f" -> its LCS on texts tokenised once {lcs_only * 1e6:.1f} us "
+          f"({per_pair / lcs_only:.1f}x) -> the C++ kernel on 1 thread {k1 * 1e9:.1f} ns "
+          f"({lcs_only / k1:,.0f}x) -> on {usable_cpus()} threads {kn * 1e9:.1f} ns "
+          f"({k1 / kn:.2f}x) -> pruning ({pruning:.0f}x, the full pass above): "
+          f"{per_pair / kn * pruning:,.0f}x in all", flush=True)
 
 
 def cli_section(repeat: int) -> None:
@@ -165,14 +192,15 @@ def cli_section(repeat: int) -> None:
         wall, best, done = timed(repeat, subprocess.run, cmd, check=True, capture_output=True,
                                  text=True)
     summary = json.loads(done.stdout)
-    print(f"selfinstruct dedup (defaults) end to end: wall_s={wall:.2f} (best {best:.2f}; "
-          f"its own timer: {summary['wall_s']:.2f}) kept={summary['kept']}  "
+    print(f"selfinstruct dedup (defaults) end to end: wall_s={wall:.2f} (best {best:.2f}) "
+          f"kept={summary['kept']}  "
           f"[target <= {CLI_TARGET_S:.0f} s: {verdict(wall <= CLI_TARGET_S)}]", flush=True)
 
 
-def pool_rates(index: RougeIndex, cands: list[str], size: int, repeat: int,
+def pool_rates(index: RougeIndex, cands: list[str], size: int, repeat: int, pair_cost: float,
                batches: tuple[int, ...] = (8, 64, 256)) -> float:
-    """Candidates/s against the pool (without adding), per batch size; returns the last."""
+    """Candidates/s against the pool (without adding), per batch size, and the ratio to
+    rouge-score scoring each candidate against every member; returns the last rate."""
     def one_pass(batch: int) -> None:
         for k in range(0, len(cands), batch):
             index.check_batch([(f"c{k + j}", t) for j, t in enumerate(cands[k:k + batch])],
@@ -184,7 +212,8 @@ def pool_rates(index: RougeIndex, cands: list[str], size: int, repeat: int,
         rate = len(cands) / wall
         line = (f"pool={size:,} floor={index.neighbour_floor} batch={batch}: {rate:,.0f} "
                 f"candidates/s (best {len(cands) / best:,.0f}; exact LCS per candidate "
-                f"{(index.lcs_computed - lcs_before) / len(cands) / repeat:,.0f})")
+                f"{(index.lcs_computed - lcs_before) / len(cands) / repeat:,.0f}; vs "
+                f"rouge-score {rate * pair_cost * size:,.0f}x)")
         if index.neighbour_floor == 0.5 and size in POOL_TARGETS:
             line += (f"  [target >= {POOL_TARGETS[size]:,}/s: "
                      f"{verdict(rate >= POOL_TARGETS[size])}]")
@@ -218,13 +247,13 @@ def brute_rate(pool_texts: list[str], cands: list[str], pruned: RougeIndex,
 
 
 def pool_section(texts: list[str], size: int, brute: bool, brute_cands: int,
-                 repeat: int) -> None:
+                 repeat: int, pair_cost: float) -> None:
     pool_texts = texts[:HELD_OUT] + spliced(texts[:HELD_OUT], size - HELD_OUT, seed=1)
     cands = texts[HELD_OUT:]
     index, built = build_pool(pool_texts)
     print(f"pool={size:,}: built in {built:.1f} s, index ~{index.memory_bytes() / 2**20:.0f} MB, "
           f"peak RSS {rss_mb():.0f} MB", flush=True)
-    rate = pool_rates(index, cands, size, repeat)
+    rate = pool_rates(index, cands, size, repeat, pair_cost)
     if brute:
         brute_rate(pool_texts, cands[:brute_cands], index, rate)
     if size == 1_000_000:
@@ -234,7 +263,7 @@ def pool_section(texts: list[str], size: int, brute: bool, brute_cands: int,
     else:
         del index
         index, _ = build_pool(pool_texts, neighbour_floor=0.7)
-        pool_rates(index, cands, size, repeat, (256,))
+        pool_rates(index, cands, size, repeat, pair_cost, (256,))
 
 
 def main() -> None:
@@ -243,23 +272,25 @@ def main() -> None:
                     help="skip the brute-force baselines (about a minute)")
     ap.add_argument("--skip-million", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="timings per figure (median judged)")
-    ap.add_argument("--million", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--million", type=float, help=argparse.SUPPRESS)  # rouge-score's s/pair
     args = ap.parse_args()
     texts = load_alpaca()
     if args.million:  # the 1,000,000 pool in a process of its own
-        pool_section(texts, 1_000_000, not args.skip_brute, 1_000, args.repeat)
+        pool_section(texts, 1_000_000, not args.skip_brute, 1_000, args.repeat, args.million)
         return
     print(f"{usable_cpus()} usable CPUs (the index's threads), load average "
           f"{os.getloadavg()[0]:.1f}; alpaca instructions: {len(texts):,}", flush=True)
-    pair_cost = rouge_score_pair_cost(texts)
-    print(f"rouge-score: {pair_cost * 1e6:.1f} us/pair ({1 / pair_cost:,.0f} pairs/s)",
-          flush=True)
-    greedy_section(texts, pair_cost, not args.skip_brute, args.repeat)
+    costs = rouge_score_costs(texts)
+    print(f"rouge-score: {costs[0] * 1e6:.1f} us/pair ({1 / costs[0]:,.0f} pairs/s); its LCS "
+          f"alone on texts tokenised once {costs[1] * 1e6:.1f} us/pair", flush=True)
+    greedy_section(texts, costs, not args.skip_brute, args.repeat)
     cli_section(args.repeat)
-    pool_section(texts, 100_000, not args.skip_brute, len(texts) - HELD_OUT, args.repeat)
+    pool_section(texts, 100_000, not args.skip_brute, len(texts) - HELD_OUT, args.repeat,
+                 costs[0])
     if not args.skip_million:
         flags = ["--repeat", str(args.repeat)] + (["--skip-brute"] if args.skip_brute else [])
-        subprocess.run([sys.executable, __file__, "--million", *flags], check=True)
+        subprocess.run([sys.executable, __file__, "--million", str(costs[0]), *flags],
+                       check=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
