@@ -223,9 +223,12 @@ class Ledger:
 
     # -- deciding --------------------------------------------------------------------------
     def _decide(self) -> None:
-        cands = self.prompts.take(max(self.capacity(), 0))
-        if not cands:
-            return
+        """Decide waiting candidates, in prompt order, while there is room: a rejected one
+        leaves the room for the next."""
+        while cands := self.prompts.take(max(self.capacity(), 0)):
+            self._decide_batch(cands)
+
+    def _decide_batch(self, cands: list[dict[str, Any]]) -> None:
         out = Outcome()
         # Every decided candidate gets the next number; kept ones keep it as their task id,
         # so ids follow acceptance order (with gaps where candidates were rejected).

@@ -94,10 +94,12 @@ def _actor_pids(name: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("victim", ["Instancer", "Pool", "Writer"])
+@pytest.mark.parametrize("victim", ["Instancer", "Pool", "Proposer"])
 def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path, victim):
-    """An instance actor comes back and its leased tasks are done again; a pool or writer
-    comes back and rebuilds itself from the run directory; the run reaches its target."""
+    """An instance actor or a proposer comes back and the work it held is handed out again
+    (its new life's first call to the pool says so); the pool, which is also the run
+    directory's writer, comes back and rebuilds itself from the files; the run reaches its
+    target."""
     cfg, out, target = config(tmp_path), tmp_path / "run", 6
     proc = start(cfg, out, target)
     try:
@@ -113,9 +115,9 @@ def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path, victim):
         if proc.poll() is None:
             kill_session(proc)
     run = check_finished(out, target)
-    if victim == "Instancer":
+    if victim != "Pool":
         restarts = run["actor_restarts"]
-        assert sum(v for k, v in restarts.items() if k.startswith("instancer")) == 1
+        assert sum(v for k, v in restarts.items() if k.startswith(victim.lower())) == 1
         assert '"actor_died"' in (out / "events.jsonl").read_text()
 
 

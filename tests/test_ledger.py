@@ -244,3 +244,11 @@ def test_a_resumed_ledger_decides_the_candidates_left_waiting(tmp_path):
     d2 = Dir(tmp_path, target=5)  # resumed with a larger target: decided at once
     assert [t["instruction"] for t in d2.admitted()] == [RAINBOW, MONEY]
     assert d2.ledger.pending()["candidates"] == 0
+
+
+def test_a_rejected_candidate_leaves_its_room_to_the_next_one_waiting(tmp_path):
+    d = Dir(tmp_path, target=1)
+    d.ledger.sample("p", 1)
+    dup = "Translate the sentence into French, please."  # a near-copy of the seed
+    d.ledger.proposed("p", [propose_unit(0, dup, RAINBOW)])
+    assert [t["instruction"] for t in d.admitted()] == [RAINBOW]
