@@ -15,8 +15,8 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     flags.append("-mpopcnt")
 
 setup(ext_modules=[Extension(
-    "actors._rouge_index",
-    sources=["actors/_rouge_index.cpp"],
+    "actors.method._rouge_index",
+    sources=["actors/method/_rouge_index.cpp"],
     language="c++",
     extra_compile_args=flags,
     extra_link_args=["-pthread"],

@@ -11,16 +11,16 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.config import ConfigError, check_flag, load_config
-from actors.dedup import DedupInputError
-from actors.evaluate import DEFAULT_TASKS, EvalError
-from actors.export import ExportError
-from actors.prompts import TemplateError
-from actors.seeds import SeedError
+from actors.method.prompts import TemplateError
+from actors.method.seeds import SeedError
+from actors.tools.dedup import DedupInputError
+from actors.tools.evaluate import DEFAULT_TASKS, EvalError
+from actors.tools.export import ExportError
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from actors.preflight import check_prompts
-    from actors.run_inputs import load_all_seeds, load_templates
+    from actors.engine.run_inputs import load_all_seeds, load_templates
+    from actors.tools.preflight import check_prompts
 
     cfg = load_config(args.config)
     seeds = load_all_seeds(cfg)
@@ -33,14 +33,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from actors.preflight import check_prompts
-    from actors.run_inputs import load_templates
+    from actors.engine.run_inputs import load_templates
+    from actors.tools.preflight import check_prompts
 
     cfg = load_config(args.config)
     check_prompts(cfg, load_templates(cfg))  # before Ray or a model starts
     if args.dry_run:
         return _dry_run(cfg, args)
-    from actors.pipeline import run_pipeline
+    from actors.engine.pipeline import run_pipeline
 
     summary = run_pipeline(cfg, out_dir=args.out, target=args.target,
                            progress=not args.no_progress, resume=args.resume,
@@ -60,8 +60,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
-    from actors.estimate import Rates, estimate, observed_rates, render
-    from actors.run_inputs import load_all_seeds, load_templates
+    from actors.engine.run_inputs import load_all_seeds, load_templates
+    from actors.tools.estimate import Rates, estimate, observed_rates, render
 
     rates = observed_rates(args.rates_from) if args.rates_from else Rates()
     if args.latency:
@@ -83,9 +83,9 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     from collections import deque
     from pathlib import Path
 
-    from actors.dedup import DedupStats, check_outputs, greedy_pass, read_jsonl
-    from actors.dedup_index import RougeIndex
     from actors.files import replaced_on_success
+    from actors.method.dedup_index import RougeIndex
+    from actors.tools.dedup import DedupStats, check_outputs, greedy_pass, read_jsonl
 
     check_outputs([args.input, *(args.against or [])],
                   {"--out": args.out, "--rejected": args.rejected})
@@ -133,7 +133,7 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
 def _tasks_of(path: str) -> list:
     from pathlib import Path
 
-    from actors.analysis import load_source
+    from actors.tools.analysis import load_source
 
     source = load_source(path)
     if not source.tasks:
@@ -143,7 +143,7 @@ def _tasks_of(path: str) -> list:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from actors.report import summary_rows, write_report
+    from actors.tools.report import summary_rows, write_report
 
     data = write_report(args.path, args.out, args.seeds)
     width = max(len(k) for k, _ in summary_rows(data))
@@ -157,7 +157,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from actors.quality import draw_sample, grade_percentages, judge_messages, judge_rows, ungraded
+    from actors.tools.quality import (
+        draw_sample,
+        grade_percentages,
+        judge_messages,
+        judge_rows,
+        ungraded,
+    )
 
     rows = draw_sample(_tasks_of(args.path), args.n, args.seed)
     base = Path(args.path)
@@ -166,9 +172,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     failed = 0
     if args.judge:
         # Through the provider interface, the gate and the cache, as the pipeline asks.
-        from actors.asker import ask_all, model_names
         from actors.config import Decoding
-        from actors.llm import make_request
+        from actors.providers.llm import make_request
+        from actors.tools.asker import ask_all, model_names
 
         cfg = load_config(args.config)
         model_names(cfg, [args.judge], args.config, "--judge")
@@ -194,7 +200,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_repair(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from actors.repair import repair
+    from actors.rundir.repair import repair
 
     print(json.dumps(repair(Path(args.path)), indent=2))
     return 0
@@ -203,7 +209,7 @@ def _cmd_repair(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from actors.export import export
+    from actors.tools.export import export
 
     templates = args.templates or str(Path(__file__).resolve().parent.parent / "prompts" /
                                       "finetune_templates.yaml")
@@ -213,7 +219,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from actors.evaluate import EvalOptions, evaluate
+    from actors.tools.evaluate import EvalOptions, evaluate
 
     cfg = load_config(args.config)
     opts = EvalOptions(models=args.models, judge=args.judge, tasks=args.tasks, limit=args.limit,
@@ -366,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from actors.resume import ResumeError
-        from actors.run_inputs import RunError
-        from actors.runlog import RunDirError
+        from actors.engine.run_inputs import RunError
+        from actors.rundir.resume import ResumeError
+        from actors.rundir.runlog import RunDirError
 
         if isinstance(exc, RunError | ResumeError | RunDirError):
             print(f"error: {exc}", file=sys.stderr)

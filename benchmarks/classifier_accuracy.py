@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 from actors.config import LocalModel, Pipeline
-from actors.llm import make_request  # noqa: E402
-from actors.local_model import LocalModelWorker
-from actors.parsing import parse_classification
-from actors.prompts import load_template
-from actors.seeds import load_seeds
+from actors.method.parsing import parse_classification
+from actors.method.prompts import load_template
+from actors.method.seeds import load_seeds
+from actors.providers.llm import make_request  # noqa: E402
+from actors.providers.local_model import LocalModelWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT.parent / "shared" / "data" / "self_instruct" / "seed_tasks.jsonl"

@@ -44,7 +44,7 @@ from typing import Any
 from rouge_score import rouge_scorer
 from rouge_score import tokenize as rs_tokenize
 
-from actors.dedup_index import Decision, RougeIndex, usable_cpus
+from actors.method.dedup_index import Decision, RougeIndex, usable_cpus
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca" / \
     "alpaca_instructions.jsonl"

@@ -21,14 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.config import Pipeline  # noqa: E402
-from actors.ledger import Ledger  # noqa: E402
-from actors.llm import Completion  # noqa: E402
-from actors.prompts import Shot, load_template  # noqa: E402
-from actors.recovery import load_state  # noqa: E402
-from actors.run_inputs import TEMPLATE_STAGES  # noqa: E402
-from actors.runlog import recover  # noqa: E402
-from actors.stages import Stages  # noqa: E402
-from actors.writer import Writer  # noqa: E402
+from actors.engine.ledger import Ledger  # noqa: E402
+from actors.engine.run_inputs import TEMPLATE_STAGES  # noqa: E402
+from actors.method.prompts import Shot, load_template  # noqa: E402
+from actors.method.stages import Stages  # noqa: E402
+from actors.providers.llm import Completion  # noqa: E402
+from actors.rundir.recovery import load_state  # noqa: E402
+from actors.rundir.runlog import recover  # noqa: E402
+from actors.rundir.writer import Writer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = [Shot(f"s{i}", f"Seed instruction number {i}.") for i in range(8)]

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from actors.config import LocalModel, Pipeline
-from actors.llm import make_request
-from actors.local_model import LocalModelWorker
-from actors.prompts import load_template
+from actors.method.prompts import load_template
+from actors.providers.llm import make_request
+from actors.providers.local_model import LocalModelWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM = [

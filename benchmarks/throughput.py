@@ -53,16 +53,16 @@ os.environ.update(AUTH)
 from openai import OpenAI  # noqa: E402
 
 from actors.config import load_config  # noqa: E402
-from actors.dedup_index import RougeIndex  # noqa: E402
-from actors.filters import INSTRUCTION_RULES, apply_chain, build_chain  # noqa: E402
-from actors.parsing import (  # noqa: E402
+from actors.engine.run_inputs import load_all_seeds  # noqa: E402
+from actors.method.dedup_index import RougeIndex  # noqa: E402
+from actors.method.filters import INSTRUCTION_RULES, apply_chain, build_chain  # noqa: E402
+from actors.method.parsing import (  # noqa: E402
     parse_classification,
     parse_input_first,
     parse_instructions,
     parse_output_first,
 )
-from actors.prompts import Shot, load_template, number_shots, sample_shots  # noqa: E402
-from actors.run_inputs import load_all_seeds  # noqa: E402
+from actors.method.prompts import Shot, load_template, number_shots, sample_shots  # noqa: E402
 from tests.runs import config, env  # noqa: E402
 from tests.servers import FakeServer, fake_server, free_port  # noqa: E402
 

@@ -261,7 +261,7 @@ def compose(prompt: str, chat: bool, seed: int, pool: tuple[str, ...]) -> str:
     return sentence(rng, _FILLER, 5, 12)
 
 
-# The judges' prompts (actors/quality.py, prompts/judge_*.chat.txt), by a line each holds.
+# The judges' prompts (actors/tools/quality.py, prompts/judge_*.chat.txt), by a line each holds.
 JUDGE_MARKS = {"judge_quality": "Does the instruction describe a valid task?",
                "judge_grade": "Grade: <A, B, C or D>",
                "judge_pairwise": "Better: <1, 2 or tie>"}

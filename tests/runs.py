@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from actors.seeds import load_seeds
+from actors.method.seeds import load_seeds
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent

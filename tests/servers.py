@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from actors.local_model import default_gguf
+from actors.providers.local_model import default_gguf
 from tests.conftest import ROOT
 
 

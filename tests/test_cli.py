@@ -28,8 +28,8 @@ def test_run_rejects_bad_target(capsys):
 
 def test_resume_with_a_changed_method_is_refused_before_anything_starts(tmp_path, capsys):
     from actors.config import load_config
-    from actors.resume import fingerprint
-    from actors.run_inputs import load_templates
+    from actors.engine.run_inputs import load_templates
+    from actors.rundir.resume import fingerprint
 
     cfg = load_config(ROOT / "pipeline.yaml")
     cfg.stages.instances.max_tokens = 500

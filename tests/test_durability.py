@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from actors.runlog import RunDirError, RunFiles, recover
+from actors.rundir.runlog import RunDirError, RunFiles, recover
 
 
 def lines(path):
@@ -69,8 +69,8 @@ def test_a_failed_write_leaves_the_files_as_committed(tmp_path):
 
 
 def test_one_run_at_a_time_per_directory(tmp_path):
-    from actors.run_inputs import RunError
-    from actors.rundir import lock_run_dir
+    from actors.engine.run_inputs import RunError
+    from actors.rundir.prepare import lock_run_dir
 
     held = lock_run_dir(tmp_path)
     with pytest.raises(RunError, match="another run is using this directory"):

@@ -12,7 +12,10 @@ import matplotlib.image as mpimg
 import pytest
 
 from actors.config import load_config
-from actors.evaluate import (
+from actors.method.prompts import load_template
+from actors.method.seeds import SeedInstance, SeedTask
+from actors.rundir.resume import ResumeError
+from actors.tools.evaluate import (
     DEFAULT_TASKS,
     EvalError,
     EvalOptions,
@@ -33,10 +36,7 @@ from actors.evaluate import (
     summarize_eval,
     write_eval_report,
 )
-from actors.export import load_templates
-from actors.prompts import load_template
-from actors.resume import ResumeError
-from actors.seeds import SeedInstance, SeedTask
+from actors.tools.export import load_templates
 from tests.conftest import ROOT, SHARED
 from tests.runs import config, lines
 

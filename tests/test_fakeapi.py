@@ -14,13 +14,13 @@ import anthropic
 import openai
 import pytest
 
-from actors.parsing import (
+from actors.method.parsing import (
     parse_classification,
     parse_input_first,
     parse_instructions,
     parse_output_first,
 )
-from actors.prompts import load_template, number_shots
+from actors.method.prompts import load_template, number_shots
 from tests.conftest import ROOT
 from tests.fakeapi import BUILTIN_INSTRUCTIONS, Handle, load_instructions, serve, serve_process
 

@@ -1,7 +1,7 @@
 import pytest
 
 from actors.config import Filters
-from actors.filters import (
+from actors.method.filters import (
     INSTANCE_RULES,
     INSTRUCTION_RULES,
     Instance,

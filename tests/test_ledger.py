@@ -7,14 +7,14 @@ import asyncio
 import json
 
 from actors.config import Pipeline
-from actors.ids import prompt_id
-from actors.ledger import Ledger
-from actors.llm import Completion
-from actors.pool import Pool
-from actors.prompts import Shot
-from actors.recovery import load_state
-from actors.runlog import recover
-from actors.writer import Writer
+from actors.engine.ledger import Ledger
+from actors.engine.pool import Pool
+from actors.method.ids import prompt_id
+from actors.method.prompts import Shot
+from actors.providers.llm import Completion
+from actors.rundir.recovery import load_state
+from actors.rundir.runlog import recover
+from actors.rundir.writer import Writer
 from tests.test_stages import stages
 
 SHOTS = [Shot(f"s{i}", f"Seed instruction number {i}.") for i in range(8)]

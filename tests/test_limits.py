@@ -7,7 +7,7 @@ import math
 import pytest
 
 from actors.config import Limits, Price
-from actors.limits import (
+from actors.engine.limits import (
     GUARD_S,
     MIN_FACTOR,
     Budget,
@@ -17,7 +17,7 @@ from actors.limits import (
     cache_saving_usd,
     cost_usd,
 )
-from actors.usage import spent_usd, summarize
+from actors.engine.usage import spent_usd, summarize
 
 
 def drive(lim: ModelLimiter, seconds: float, step: float = 0.05, in_tok: int = 10,

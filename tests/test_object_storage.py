@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-from actors.ledger import Batch  # noqa: E402
-from actors.remote import Mirror, staging_dir  # noqa: E402
-from actors.runlog import RunFiles, recover  # noqa: E402
-from actors.writer import Writer  # noqa: E402
+from actors.engine.ledger import Batch  # noqa: E402
+from actors.rundir.remote import Mirror, staging_dir  # noqa: E402
+from actors.rundir.runlog import RunFiles, recover  # noqa: E402
+from actors.rundir.writer import Writer  # noqa: E402
 from tests.runs import check_finished, config, env  # noqa: E402
 from tests.test_ledger import lines  # noqa: E402
 

@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 from pydantic import ValidationError
 
-from actors.client import LLMClient, client_for
 from actors.config import Pipeline
-from actors.llm import Completion, Request
+from actors.providers.client import LLMClient, client_for
+from actors.providers.llm import Completion, Request
 
 
 class FakeModel:

@@ -4,7 +4,7 @@ import string
 import pytest
 
 from actors.config import Filters
-from actors.filters import (
+from actors.method.filters import (
     INSTANCE_RULES,
     INSTRUCTION_RULES,
     Instance,
@@ -12,7 +12,7 @@ from actors.filters import (
     build_chain,
     filter_task_instances,
 )
-from actors.parsing import (
+from actors.method.parsing import (
     parse_classification,
     parse_input_first,
     parse_instructions,

@@ -1,4 +1,4 @@
-from actors.ledger import Yields, prompts_wanted
+from actors.engine.ledger import Yields, prompts_wanted
 
 R = Yields(candidates_per_prompt=5.0, keep=0.5, task=0.7)
 

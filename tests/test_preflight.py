@@ -11,9 +11,9 @@ import pytest
 
 from actors.cli import main
 from actors.config import Pipeline, load_config
-from actors.preflight import check_prompts
-from actors.prompts import TemplateError
-from actors.run_inputs import load_templates
+from actors.engine.run_inputs import load_templates
+from actors.method.prompts import TemplateError
+from actors.tools.preflight import check_prompts
 from tests.conftest import ROOT
 from tests.runs import config
 

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from actors.prompts import (
+from actors.method.prompts import (
     Shot,
     TemplateError,
     clean_shot,

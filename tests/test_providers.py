@@ -10,12 +10,24 @@ from email.utils import format_datetime
 import pytest
 
 from actors.config import Limits, load_config
-from actors.estimate import estimate, model_minutes, prompt_tokens, render
-from actors.limits import cost_usd
-from actors.llm import Attempt, Completion, Request
-from actors.providers import Secret, anthropic_messages, apply_stops, openai_params, retry_after_s
-from actors.run_inputs import RunError, api_keys, cache_prefixes, load_all_seeds, load_templates
-from actors.stages import Stages, looks_like_text, response_records
+from actors.engine.limits import cost_usd
+from actors.engine.run_inputs import (
+    RunError,
+    api_keys,
+    cache_prefixes,
+    load_all_seeds,
+    load_templates,
+)
+from actors.method.stages import Stages, looks_like_text, response_records
+from actors.providers.api import (
+    Secret,
+    anthropic_messages,
+    apply_stops,
+    openai_params,
+    retry_after_s,
+)
+from actors.providers.llm import Attempt, Completion, Request
+from actors.tools.estimate import estimate, model_minutes, prompt_tokens, render
 from tests.conftest import ROOT
 from tests.runs import config
 
@@ -139,7 +151,7 @@ def test_dry_run_estimate_works_back_from_the_target(monkeypatch):
     # The shipped instance prefix (~750 tokens) is under Anthropic's minimum for caching...
     assert estimate(cfg2, 100, templates, seeds)["stages"]["instances"][
         "cached_input_tokens"] == 0
-    monkeypatch.setattr("actors.estimate.CACHE_MIN_TOKENS", 500)  # ... and over this one.
+    monkeypatch.setattr("actors.tools.estimate.CACHE_MIN_TOKENS", 500)  # ... and over this one.
     est = estimate(cfg2, 100, templates, seeds)
     inst = est["stages"]["instances"]
     assert inst["requests"] == 125                      # 100 kept at 0.8 task success

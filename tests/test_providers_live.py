@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from actors.config import ApiModel
-from actors.llm import Completion, Request
-from actors.providers import Secret, make_provider
+from actors.providers.api import Secret, make_provider
+from actors.providers.llm import Completion, Request
 from tests.runs import check_consistent, check_finished, config, env, lines
 from tests.servers import fake_server, free_port, llama_server
 

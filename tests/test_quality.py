@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from actors.llm import Completion
-from actors.quality import QUESTIONS, judge_messages, judge_rows, ungraded
+from actors.providers.llm import Completion
+from actors.tools.quality import QUESTIONS, judge_messages, judge_rows, ungraded
 from tests.conftest import ROOT
 from tests.runs import config, lines
 from tests.servers import free_port

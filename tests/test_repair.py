@@ -9,7 +9,7 @@ import pytest
 
 from actors.cli import main
 from actors.config import Pipeline
-from actors.runlog import RunDirError, recover
+from actors.rundir.runlog import RunDirError, recover
 from tests.test_ledger import MONEY, RAINBOW, Dir, classified, finished, propose_unit
 
 WATER = "Describe the water cycle for a child."

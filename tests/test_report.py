@@ -5,18 +5,18 @@ import pytest
 from datasets import load_from_disk
 from rouge_score import rouge_scorer
 
-from actors.analysis import (
+from actors.cli import main
+from actors.method.seeds import load_seeds
+from actors.tools.analysis import (
     histogram,
     load_spacy,
     max_rouge_to,
     spacy_verb_noun,
     verb_noun_diversity,
 )
-from actors.cli import main
-from actors.export import FORMATS, examples_from, export, load_templates, split
-from actors.quality import draw_sample, grade_percentages, parse_judgement
-from actors.report import write_report
-from actors.seeds import load_seeds
+from actors.tools.export import FORMATS, examples_from, export, load_templates, split
+from actors.tools.quality import draw_sample, grade_percentages, parse_judgement
+from actors.tools.report import write_report
 from tests.conftest import ROOT
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -152,7 +152,7 @@ def test_quality_sample_and_grades(tmp_path, capsys):
 
 
 def _many_tasks():
-    from actors.seeds import SeedInstance, SeedTask
+    from actors.method.seeds import SeedInstance, SeedTask
     tasks = [SeedTask(f"t{k}", f"n{k}", f"Do thing number {k} well.",
                       tuple(SeedInstance(f"in {j}" if j % 2 else "", f"out {k}-{j}")
                             for j in range(7)), False) for k in range(40)]

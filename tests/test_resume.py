@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from actors.cache import ResponseCache, cache_key
 from actors.config import Pipeline
-from actors.llm import Completion, Request
-from actors.resume import ResumeError, changes, check_resume, fingerprint
+from actors.providers.cache import ResponseCache, cache_key
+from actors.providers.llm import Completion, Request
+from actors.rundir.resume import ResumeError, changes, check_resume, fingerprint
 from tests.conftest import ROOT
 
 TEMPLATES = [str(p) for p in sorted((ROOT / "prompts").glob("*.txt"))]

@@ -6,8 +6,8 @@ import pytest
 from rouge_score import rouge_scorer
 from rouge_score import tokenize as rs_tokenize
 
-from actors.dedup_index import RougeIndex
-from actors.rouge import f_measure, rouge_l, tokenize
+from actors.method.dedup_index import RougeIndex
+from actors.method.rouge import f_measure, rouge_l, tokenize
 from tests.conftest import ALPACA, PAPER_SEEDS, need
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)

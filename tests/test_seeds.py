@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from actors.rouge import rouge_l
-from actors.seeds import SeedError, load_seeds
+from actors.method.rouge import rouge_l
+from actors.method.seeds import SeedError, load_seeds
 from tests.conftest import PAPER_SEEDS, ROOT, need
 
 PROJECT_SEEDS = ROOT / "seeds" / "seed_tasks.jsonl"

@@ -1,6 +1,6 @@
 """Prompt order, lag and leases; the task board; both without Ray."""
 
-from actors.sequencer import Board, Prompts
+from actors.engine.sequencer import Board, Prompts
 
 
 def cand(k, j=0):

@@ -1,8 +1,8 @@
 from actors.config import Pipeline
-from actors.llm import Completion
-from actors.prompts import Shot, load_template
-from actors.stages import Stages
-from actors.summary import acceptance, flow_checks
+from actors.engine.summary import acceptance, flow_checks
+from actors.method.prompts import Shot, load_template
+from actors.method.stages import Stages
+from actors.providers.llm import Completion
 from tests.conftest import ROOT
 
 SHOTS = [Shot(f"seed_task_{i}", f"Seed instruction number {i}.") for i in range(8)]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from actors.config import ApiModel
-from actors.gate import Gate
-from actors.supervisor import DIED, RAISED, RETURNED, UNAVAILABLE, Supervisor
+from actors.engine.gate import Gate
+from actors.engine.supervisor import DIED, RAISED, RETURNED, UNAVAILABLE, Supervisor
 
 
 def test_a_dead_actor_is_relaunched_until_it_has_died_too_often():

@@ -1,0 +1,163 @@
+"""The gate actor: every API request in the cluster asks it first.
+
+One actor for the run holds each API model's limiter (requests, input and output tokens per
+minute, requests in flight, back-off after a 429) and the run's budget, so limits hold across
+processes and nodes, not per process. Waiters for one model are served first come, first
+served. The arithmetic lives in limits.py; this is the thin async shell around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections import deque
+from typing import Any
+
+from actors.config import ApiModel
+from actors.engine.limits import Budget, Grant, ModelLimiter, cost_usd
+
+
+class Gate:
+    def __init__(self, models: dict[str, ApiModel], max_cost: float | None,
+                 spent: float = 0.0) -> None:
+        self.models = models
+        self.limiters = {name: ModelLimiter(m.limits) for name, m in models.items()}
+        self.budget = Budget(max_cost, spent)
+        self.lines: dict[str, deque[asyncio.Future]] = {name: deque() for name in models}
+        self.freed: dict[str, asyncio.Event] = {}
+        self.ids = itertools.count(1)
+        self.failures_in_row = dict.fromkeys(models, 0)
+        self.last_error = dict.fromkeys(models, "")
+        self.requests: dict[str, dict[str, int]] = {name: {} for name in models}
+        self.faults: dict[str, dict[str, int]] = {name: {} for name in models}
+        self.lives: dict[str, str] = {}  # holder -> the process it runs in now
+
+    async def acquire(self, model: str, holder: str, input_tokens: int,
+                      output_tokens: int) -> int | None:
+        """A grant id once the request may start; None when the budget does not allow it."""
+        line = self.lines[model]
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future = loop.create_future()
+        line.append(turn)
+        if len(line) == 1:
+            turn.set_result(None)
+        try:
+            await turn
+            while True:
+                wait, grant = self._try(model, holder, input_tokens, output_tokens)
+                if wait == 0:
+                    return grant
+                freed = self.freed.setdefault(model, asyncio.Event())
+                freed.clear()
+                # A release or a 429 may change the answer: look again at least every second.
+                timeout = 1.0 if math.isinf(wait) else min(wait, 1.0)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(freed.wait(), timeout)
+        finally:
+            was_first = bool(line) and line[0] is turn
+            line.remove(turn)
+            if was_first and line:
+                line[0].set_result(None)
+
+    def _try(self, model: str, holder: str, input_tokens: int,
+             output_tokens: int) -> tuple[float, int | None]:
+        """(0, grant id) when the request may start now; (seconds, None) to wait first (inf:
+        until a request in flight settles); (0, None) when the budget refuses it."""
+        wait = self.limiters[model].wait(time.monotonic(), input_tokens, output_tokens)
+        if wait > 0:
+            return wait, None
+        worst = cost_usd(self.models[model].price, input_tokens, output_tokens)
+        verdict = self.budget.reserve(worst)
+        if verdict != "ok":
+            return (math.inf if verdict == "wait" else 0.0), None
+        grant = Grant(next(self.ids), holder, input_tokens, output_tokens, cost=worst)
+        self.limiters[model].take(time.monotonic(), grant)
+        self.requests[model][holder] = self.requests[model].get(holder, 0) + 1
+        return 0.0, grant.id
+
+    async def acquire_many(self, model: str, holder: str, life: str,
+                           sizes: list[tuple[int, int]]) -> list[int | None]:
+        """Grants for a batch, in order: the first as `acquire` gives it, then as many more
+        as fit at once with nobody waiting ahead; the caller asks again for the rest. One call
+        per batch instead of one per request keeps the gate off the critical path.
+
+        The first call from a new `life` of a holder (Ray restarted its actor) frees the
+        slots the earlier life held: in the same call, so no late announcement can free the
+        new life's slots instead."""
+        if self.lives.setdefault(holder, life) != life:
+            self.lives[holder] = life
+            self.lost(holder)
+        grants = [await self.acquire(model, holder, *sizes[0])]
+        for size in sizes[1:]:
+            if grants[-1] is None or self.lines[model]:
+                break
+            wait, grant = self._try(model, holder, *size)
+            if wait > 0 or grant is None:
+                break
+            grants.append(grant)
+        return grants
+
+    def settle_many(self, model: str,
+                    items: list[tuple[int, dict[str, float], str, dict[str, int]]]) -> None:
+        for grant_id, usage, error, faults in items:
+            self.settle(model, grant_id, usage, error)
+            for kind, n in faults.items():
+                self.faults[model][kind] = self.faults[model].get(kind, 0) + n
+
+    def settle(self, model: str, grant_id: int, usage: dict[str, float], error: str = "") -> None:
+        """The request ended (answered, or failed after the SDK's retries); `usage` holds its
+        tokens and the cost its client computed from them."""
+        grant = self.limiters[model].release(grant_id, usage.get("prompt_tokens", 0)
+                                             + usage.get("cache_read_tokens", 0)
+                                             + usage.get("cache_write_tokens", 0),
+                                             usage.get("completion_tokens", 0))
+        if grant is not None:
+            self.budget.settle(grant.cost, usage.get("cost_usd", 0.0))
+        if error:
+            self.failures_in_row[model] += 1
+            self.last_error[model] = error[:300]
+        else:
+            self.failures_in_row[model] = 0
+        for name in self.models:  # a settled cost may let another model's request fit
+            self._wake(name)
+
+    def throttled(self, model: str, retry_after: float | None) -> None:
+        self.limiters[model].throttled(time.monotonic(), retry_after)
+
+    def lost(self, holder: str) -> int:
+        """An actor (re)started: the slots its earlier life held are free again."""
+        gone = 0
+        for model, lim in self.limiters.items():
+            for grant in lim.release_holder(holder):
+                self.budget.settle(grant.cost, 0.0)
+                gone += 1
+            self._wake(model)
+        return gone
+
+    def _wake(self, model: str) -> None:
+        if model in self.freed:
+            self.freed[model].set()
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        dead = {m: f"the last {n} requests failed (last error: {self.last_error[m]})"
+                for m, n in self.failures_in_row.items()
+                if n >= self.models[m].fail_after}
+        return {"models": {m: {**lim.stats(now), "requests": sum(self.requests[m].values()),
+                               "requests_by_actor": self.requests[m],
+                               "waiting": len(self.lines[m]),
+                               "failures_in_row": self.failures_in_row[m],
+                               "faults": self.faults[m]}
+                           for m, lim in self.limiters.items()},
+                "budget": self.budget.stats(), "budget_exhausted": self.budget.exhausted,
+                "dead": dead, "faults": self._faults_by_kind()}
+
+    def _faults_by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for faults in self.faults.values():
+            for kind, n in faults.items():
+                out[kind] = out.get(kind, 0) + n
+        return out

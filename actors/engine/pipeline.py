@@ -1,0 +1,335 @@
+"""The driver: prepare the run directory, start Ray and the actors, watch, stop, write run.json.
+
+A thin shell. The run's state lives in the pool actor (ledger.py); restart decisions are
+supervisor.py's; what run.json says is summary.py's. The watch loop sleeps in `ray.wait` until
+the pool reports progress, a stage loop ends or a relaunch is due: no polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tqdm import tqdm
+
+from actors import logs
+from actors.config import ApiModel, Pipeline
+from actors.engine.gate import Gate
+from actors.engine.pool import Pool
+from actors.engine.run_inputs import (
+    RunError,
+    api_keys,
+    cache_prefixes,
+    load_all_seeds,
+    load_templates,
+    used_models,
+    versions,
+)
+from actors.engine.summary import run_summary
+from actors.engine.supervisor import DIED, RAISED, RETURNED, UNAVAILABLE, Supervisor
+from actors.engine.usage import spent_usd
+from actors.engine.workers import Classifier, Instancer, Proposer
+from actors.method.stages import Stages
+from actors.providers.client import client_for
+from actors.providers.local_model import start_local_replicas
+from actors.rundir.prepare import check_out_dir, lock_run_dir, prepare_remote, write_run_json
+from actors.rundir.remote import Mirror, is_remote, staging_dir
+from actors.rundir.resume import check_resume, fingerprint
+from actors.rundir.runlog import recover
+
+__all__ = ["RunError", "run_pipeline"]
+
+WATCH_S = 2.0  # the longest the driver waits between looks at the gate, the clock and signals
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask for a graceful stop; a second signal exits at once."""
+
+    def __init__(self) -> None:
+        self.reason = ""
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        if self.reason:
+            raise KeyboardInterrupt
+        self.reason = "interrupted" if signum == signal.SIGINT else "terminated"
+
+
+def init_ray(cfg: Pipeline) -> None:
+    """Join the cluster the config or RAY_ADDRESS names (a job's driver has it set), or start
+    a new local Ray: never silently join some other cluster running on this machine."""
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = dict(namespace="selfinstruct", logging_level="WARNING",
+                                  log_to_driver=False)
+    if address and address != "local":
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(),
+                 include_dashboard=False, **kwargs)
+
+
+RESTARTABLE = {"max_restarts": 5, "max_task_retries": 0}
+
+
+def _how(ref: Any) -> tuple[str, str]:
+    """How a finished stage loop ended: (supervisor kind, error line)."""
+    try:
+        ray.get(ref)
+        return RETURNED, ""
+    except ActorUnavailableError as exc:
+        return UNAVAILABLE, str(exc).splitlines()[0][:300]
+    except RayActorError as exc:
+        return DIED, str(exc).splitlines()[0][:300]
+    except Exception as exc:  # noqa: BLE001 - an actor's loop raised: stop and report why
+        return RAISED, str(exc)[:300]
+
+
+def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None = None,
+                 progress: bool = True, resume: bool = False,
+                 max_cost: float | None = None) -> dict[str, Any]:
+    """Run the whole method until `target` tasks are written; returns what run.json holds."""
+    uri = out_dir or cfg.run.out
+    mirror = Mirror(uri) if is_remote(uri) else None
+    out = staging_dir(uri) if mirror else Path(uri).resolve()  # where this node works
+    target = target or cfg.run.target
+    cfg.run.out, cfg.run.target = uri if mirror else str(out), target
+    cfg.run.max_cost = max_cost if max_cost is not None else cfg.run.max_cost
+    seeds = load_all_seeds(cfg)
+    templates = load_templates(cfg)
+    keys = api_keys(cfg)
+    method = fingerprint(cfg, [t.path for t in templates.values()])
+    check_out_dir(out, resume or mirror is not None)  # a remote run is checked on its store
+    lock = lock_run_dir(out)  # noqa: F841 - held until this function returns
+    if mirror:
+        prepare_remote(mirror, out, resume)
+    earlier = check_resume(out, method) if resume else {}
+    committed = recover(out)  # a torn or half-written batch from a crash is cut here
+    log = logs.configure(out / "events.jsonl", console=True)
+    started = time.time()
+    resumes = earlier.get("resumes", -1) + 1
+    tasks_before = committed.lines.get("dataset", 0)
+    log.info("run_start", out=str(out), target=target, seeds=len(seeds), resumed=resume,
+             tasks=tasks_before)
+    base = {"status": "running", "target": target, "out": cfg.run.out, "resumes": resumes,
+            "method": method, "seeds": len(seeds), "versions": versions(),
+            "config": cfg.model_dump()}
+    write_run_json(out, {**base, "timings": {"started": started}})
+    if mirror:
+        mirror.put_file(out / "run.json")
+
+    init_ray(cfg)
+    stage_logic = Stages(cfg, templates)
+    used = used_models(cfg)
+    replicas = {name: start_local_replicas(m, name) for name, m in used.items()
+                if not isinstance(m, ApiModel) and not cfg.cache.replay_only}
+    cache_path = cfg.cache.path or str(out / "cache.sqlite")
+    # The pool (the run's state and its files) and the gate live on the driver's node, where
+    # --out is, so losing another node loses neither.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    api = {name: m for name, m in used.items() if isinstance(m, ApiModel)}
+    pinned = ray.remote(num_cpus=0, max_restarts=3, scheduling_strategy=here)
+    gate = pinned(Gate).remote(api, cfg.run.max_cost, spent_usd(committed.usage)) \
+        if api else None
+
+    def client(stage: str) -> Any:
+        return client_for(cfg, stage, replicas, gate, keys, cache_path,
+                          cache_prefixes(templates, stage))
+
+    pool = pinned(Pool).remote(cfg, seeds, target, stage_logic, str(out),
+                               mirror.uri if mirror else None)
+    a = cfg.actors
+    spread = {"scheduling_strategy": "SPREAD"} if a.spread else {}
+    workers: dict[str, Any] = {}
+    for kind, cls, count, res, stage in (
+            ("proposer", Proposer, a.proposers, a.proposer, "propose"),
+            ("classifier", Classifier, 1, a.classifier, "classify"),
+            ("instancer", Instancer, a.instancers, a.instancer, "instances")):
+        for i in range(count):
+            name = kind if kind == "classifier" else f"{kind}-{i}"
+            options = {**res.options(), **(spread if kind != "classifier" else {}),
+                       **RESTARTABLE}
+            workers[name] = ray.remote(**options)(cls).remote(
+                name, stage_logic, client(stage), pool)
+    loops = {name: handle.run.remote() for name, handle in workers.items()}
+
+    flag = _StopFlag()
+    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    deadline = started + cfg.run.max_minutes * 60 if cfg.run.max_minutes else None
+    bar = tqdm(total=target, initial=tasks_before, unit="task",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    sup = Supervisor(max_restarts=RESTARTABLE["max_restarts"])
+    failure, pool_restarts = "", 0
+    stats: dict[str, Any] = {"tasks": tasks_before}
+    watch = pool.watch.remote(tasks_before, WATCH_S)
+    next_log = time.time()
+    try:
+        while not flag.reason:
+            now = time.time()
+            due = sup.next_due(now)
+            wait = WATCH_S + 1.0 if due is None else min(WATCH_S + 1.0, due)
+            ready, _ = ray.wait([watch, *loops.values()], num_returns=1, timeout=wait)
+            now = time.time()
+            for ref in ready:
+                if ref is watch:
+                    continue
+                name = next(k for k, v in loops.items() if v == ref)
+                del loops[name]
+                how, error = _how(ref)
+                failure, new = sup.ended(name, how, error, now)
+                if new:
+                    log.warning("actor_died", actor=name, how=how, error=error,
+                                restarts=sup.restarts.get(name, 0))
+                if failure:
+                    log.error("actor_failed", actor=name, error=failure)
+                    flag.reason = "failed"
+            for name in sup.due(now):
+                loops[name] = workers[name].run.remote()
+            if watch in ready:
+                try:
+                    stats = ray.get(watch)
+                except RayActorError as exc:  # Ray restarts it from the run directory
+                    pool_restarts += 1
+                    log.warning("actor_died", actor="pool", restarts=pool_restarts,
+                                error=str(exc).splitlines()[0][:300])
+                    if pool_restarts > 3:
+                        failure = f"pool died {pool_restarts} times: {exc}"
+                        flag.reason = "failed"
+                    time.sleep(1.0)
+                except Exception as exc:  # noqa: BLE001 - the run directory cannot be written
+                    failure = str(exc).splitlines()[-1][:500]
+                    log.error("run_dir_failed", error=failure)
+                    flag.reason = "failed"
+                watch = pool.watch.remote(stats["tasks"], WATCH_S)
+            else:
+                continue
+            if "stages" in stats:
+                _show(bar, stats, started, bool(api))
+                if now >= next_log:
+                    next_log = now + 10
+                    log.info("progress", tasks=stats["tasks"], target=target,
+                             **{f"{k}_accepted": v["accepted"]
+                                for k, v in stats["stages"].items()},
+                             **{f"{k}_rejected": v["rejected"]
+                                for k, v in stats["stages"].items()})
+            if stats["tasks"] >= target:
+                flag.reason = flag.reason or "target_reached"
+            if gate is not None:
+                gstats = ray.get(gate.stats.remote())
+                if gstats["budget_exhausted"]:
+                    flag.reason = flag.reason or "max_cost"
+                for name, why in gstats["dead"].items():
+                    failure = f"models.{name}: provider unreachable or refusing: {why}"
+                    log.error("provider_down", model=name, error=why)
+                    flag.reason = "failed"
+            if deadline and now > deadline:
+                flag.reason = flag.reason or "time_limit"
+        log.info("stopping", reason=flag.reason)
+        final = _shutdown(pool, workers, replicas, loops, log)
+    finally:
+        bar.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+    cpu = _cpu_seconds({"pool": pool, **({"gate": gate} if gate is not None else {}),
+                        **workers, **{f"{n}-replica-{i}": r for n, rs in replicas.items()
+                                      for i, r in enumerate(rs)}})
+    gate_stats = _informative(gate.stats) if gate is not None else {}
+    if final is None:  # the pool could not finish: the files are the truth
+        from actors.rundir.recovery import load_state
+
+        state = load_state(out, recover(out, truncate=False))
+        final = {"tasks": state.committed.lines.get("dataset", 0),
+                 "stages": state.committed.counts, "usage": state.committed.usage,
+                 "pending": state.pending(), "pool": {}}
+    summary = run_summary(
+        base, reason=flag.reason, failure=failure, stats=final, pending=final["pending"],
+        timings={"started": started, "ended": time.time()}, tasks_before=tasks_before,
+        prices={m.label: m.price for m in api.values()}, max_cost=cfg.run.max_cost,
+        faults=_faults(earlier, final["usage"], gate_stats),
+        limits=gate_stats.get("models", {}),
+        restarts={**sup.counted(), **({"pool": pool_restarts} if pool_restarts else {})},
+        pool=final["pool"], cpu_s=cpu)
+    write_run_json(out, summary)
+    if mirror:
+        mirror.publish(out)  # dataset.jsonl, run.json, ... beside the segments
+    log.info("run_end", status=summary["status"], tasks=summary["tasks"],
+             pending=summary["pending"], wall_s=summary["timings"]["wall_s"])
+    for handle in [*workers.values(), pool, *[r for rs in replicas.values() for r in rs],
+                   *([gate] if gate is not None else [])]:
+        ray.kill(handle)
+    return summary
+
+
+def _show(bar: Any, stats: dict[str, Any], started: float, api: bool) -> None:
+    bar.n = stats["tasks"]
+    rejected = sum(s["rejected"] for s in stats["stages"].values())
+    rate = stats["tasks"] / max(time.time() - started, 1e-9) * 60
+    bar.set_postfix(rejected=rejected, per_min=f"{rate:.1f}",
+                    **({"cost": f"${spent_usd(stats['usage']):.4f}"} if api else {}),
+                    refresh=False)
+    bar.update(0)
+
+
+def _faults(earlier: dict[str, Any], usage: dict[str, Any],
+            gate_stats: dict[str, Any]) -> dict[str, int]:
+    """Faults by kind over the whole run directory: the HTTP faults the gate heard of from
+    every request (whether or not its answer was recorded), unparseable answers from the
+    records, plus what earlier sessions of this directory counted."""
+    out: dict[str, int] = dict(earlier.get("faults", {}))
+    heard = gate_stats.get("faults", {})
+    kinds: dict[str, int] = {}
+    for u in usage.values():
+        for kind, n in u.get("faults", {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    for kind, n in {**kinds, **heard}.items():
+        out[kind] = out.get(kind, 0) + n
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
+def _informative(method: Any) -> dict[str, Any]:
+    """An actor's figures for run.json; the files are the truth, so a failure leaves it out."""
+    try:
+        return ray.get(method.remote(), timeout=30)
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _cpu_seconds(handles: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds each actor's process used (and the driver's): where a run's CPU went."""
+    refs = {name: h.__ray_call__.remote(lambda _self: time.process_time())
+            for name, h in handles.items()}
+    out = {"driver": round(time.process_time(), 3)}
+    for name, ref in refs.items():
+        with contextlib.suppress(Exception):  # an actor gone already has no figure
+            out[name] = round(ray.get(ref, timeout=10), 3)
+    return out
+
+
+def _shutdown(pool: Any, workers: dict[str, Any], replicas: dict[str, list[Any]],
+              loops: dict[str, Any], log: Any, grace_s: float = 60.0) -> dict[str, Any] | None:
+    """Stop handing out work; what is under way finishes (an embedded-model request still
+    waiting is answered 'cancelled' and stays pending) and is written; undone work stays
+    pending in the run directory for --resume. None if the pool could not finish."""
+    pool.stop.remote()
+    for r in (r for rs in replicas.values() for r in rs):
+        for stage in ("propose", "classify", "instances"):
+            r.cancel_pending.remote(stage)
+    rest = list(loops.values())
+    ray.wait(rest, num_returns=len(rest), timeout=grace_s)
+    try:
+        final = ray.get(pool.finish.remote(), timeout=grace_s)
+        log.info("pool_stopped", **final["pending"])
+        return final
+    except Exception as exc:  # noqa: BLE001 - the files are the truth; report and go on
+        log.warning("pool_stop_failed", error=str(exc)[:300])
+        return None

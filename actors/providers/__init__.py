@@ -1,0 +1,1 @@
+"""The models: request and answer types, the API SDKs, the embedded model, the cache."""

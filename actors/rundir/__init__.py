@@ -1,0 +1,1 @@
+"""The run directory: commits, recovery, resume checks, object storage, repair."""

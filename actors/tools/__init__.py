@@ -1,0 +1,1 @@
+"""The offline tools: report, export, sample, dedup, dry-run estimate, evaluate."""
