@@ -217,6 +217,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                 if now >= next_log:
                     next_log = now + 10
                     log.info("progress", tasks=stats["tasks"], target=target,
+                             request_errors=_errors(stats["usage"]),
                              **{f"{k}_accepted": v["accepted"]
                                 for k, v in stats["stages"].items()},
                              **{f"{k}_rejected": v["rejected"]
@@ -270,11 +271,18 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     return summary
 
 
+def _errors(usage: dict[str, Any]) -> int:
+    """Requests that failed after every retry (a dead endpoint, a prompt over the context)."""
+    return sum(u.get("errors", 0) for u in usage.values())
+
+
 def _show(bar: Any, stats: dict[str, Any], started: float, api: bool) -> None:
     bar.n = stats["tasks"]
     rejected = sum(s["rejected"] for s in stats["stages"].values())
     rate = stats["tasks"] / max(time.time() - started, 1e-9) * 60
+    errors = _errors(stats["usage"])
     bar.set_postfix(rejected=rejected, per_min=f"{rate:.1f}",
+                    **({"request_errors": errors} if errors else {}),
                     **({"cost": f"${spent_usd(stats['usage']):.4f}"} if api else {}),
                     refresh=False)
     bar.update(0)
@@ -283,14 +291,16 @@ def _show(bar: Any, stats: dict[str, Any], started: float, api: bool) -> None:
 def _faults(earlier: dict[str, Any], usage: dict[str, Any],
             gate_stats: dict[str, Any]) -> dict[str, int]:
     """Faults by kind over the whole run directory: the HTTP faults the gate heard of from
-    every request (whether or not its answer was recorded), unparseable answers from the
-    records, plus what earlier sessions of this directory counted."""
+    every request (whether or not its answer was recorded), unparseable answers and requests
+    that failed after every retry (`request_error`) from the records, plus what earlier
+    sessions of this directory counted."""
     out: dict[str, int] = dict(earlier.get("faults", {}))
     heard = gate_stats.get("faults", {})
     kinds: dict[str, int] = {}
     for u in usage.values():
         for kind, n in u.get("faults", {}).items():
             kinds[kind] = kinds.get(kind, 0) + n
+    kinds["request_error"] = _errors(usage)  # failed after retries, on any model
     for kind, n in {**kinds, **heard}.items():
         out[kind] = out.get(kind, 0) + n
     return {k: v for k, v in sorted(out.items()) if v}

@@ -1,7 +1,7 @@
 """The pure middle of each stage: prompt in, parsed and filtered records out.
 
-Actors call these and only move the results along queues; everything that decides what a record
-becomes lives here and is unit-tested without Ray or a model.
+The stage workers call these and hand what comes out to the pool; everything that decides what
+a record becomes lives here and is unit-tested without Ray or a model.
 """
 
 from __future__ import annotations
