@@ -288,21 +288,28 @@ def _show(bar: Any, stats: dict[str, Any], started: float, api: bool) -> None:
     bar.update(0)
 
 
+RECORDED_KINDS = ("unparseable", "request_error")  # counted from the committed records
+
+
 def _faults(earlier: dict[str, Any], usage: dict[str, Any],
             gate_stats: dict[str, Any]) -> dict[str, int]:
-    """Faults by kind over the whole run directory: the HTTP faults the gate heard of from
-    every request (whether or not its answer was recorded), unparseable answers and requests
-    that failed after every retry (`request_error`) from the records, plus what earlier
-    sessions of this directory counted."""
-    out: dict[str, int] = dict(earlier.get("faults", {}))
-    heard = gate_stats.get("faults", {})
-    kinds: dict[str, int] = {}
+    """Faults by kind over the whole run directory. Unparseable answers and requests that
+    failed after every retry (`request_error`) come from the committed records, which cover
+    every session. HTTP faults come from the gate, which hears of every request whether or
+    not its answer was recorded: this session's, plus what earlier sessions counted. A run
+    without an API model has no gate: its records are all there is."""
+    recorded: dict[str, int] = {}
     for u in usage.values():
         for kind, n in u.get("faults", {}).items():
-            kinds[kind] = kinds.get(kind, 0) + n
-    kinds["request_error"] = _errors(usage)  # failed after retries, on any model
-    for kind, n in {**kinds, **heard}.items():
-        out[kind] = out.get(kind, 0) + n
+            recorded[kind] = recorded.get(kind, 0) + n
+    recorded["request_error"] = _errors(usage)
+    if gate_stats:
+        out = {k: v for k, v in earlier.get("faults", {}).items() if k not in RECORDED_KINDS}
+        for kind, n in gate_stats.get("faults", {}).items():
+            out[kind] = out.get(kind, 0) + n
+        out.update({k: recorded.get(k, 0) for k in RECORDED_KINDS})
+    else:
+        out = recorded
     return {k: v for k, v in sorted(out.items()) if v}
 
 
