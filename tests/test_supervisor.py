@@ -84,3 +84,17 @@ def test_the_gate_counts_every_request_s_faults():
     assert stats["faults"] == {"http_429": 2, "timeout": 1, "http_500": 3}
     assert stats["models"]["m"]["faults"] == stats["faults"]
     assert stats["models"]["m"]["failures_in_row"] == 1
+
+
+def test_fault_counts_over_sessions_take_recorded_kinds_once_and_add_the_gates():
+    from actors.engine.summary import fault_counts
+
+    usage = {"propose:m": {"errors": 2, "faults": {"unparseable": 3, "http_429": 1}},
+             "classify:m": {"errors": 0, "faults": {"unparseable": 1}}}
+    earlier = {"faults": {"http_429": 4, "unparseable": 2, "request_error": 1}}
+    gate = {"faults": {"http_429": 5, "timeout": 1}}
+    assert fault_counts(earlier, usage, gate) == {
+        "http_429": 9, "request_error": 2, "timeout": 1, "unparseable": 4}
+    # No gate (the embedded model only): the records are all there is.
+    assert fault_counts(earlier, usage, {}) == {
+        "http_429": 1, "request_error": 2, "unparseable": 4}

@@ -33,7 +33,7 @@ from actors.engine.run_inputs import (
     used_models,
     versions,
 )
-from actors.engine.summary import run_summary
+from actors.engine.summary import fault_counts, request_errors, run_summary
 from actors.engine.supervisor import DIED, RAISED, RETURNED, UNAVAILABLE, Supervisor
 from actors.engine.usage import spent_usd
 from actors.engine.workers import Classifier, Instancer, Proposer
@@ -217,7 +217,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                 if now >= next_log:
                     next_log = now + 10
                     log.info("progress", tasks=stats["tasks"], target=target,
-                             request_errors=_errors(stats["usage"]),
+                             request_errors=request_errors(stats["usage"]),
                              **{f"{k}_accepted": v["accepted"]
                                 for k, v in stats["stages"].items()},
                              **{f"{k}_rejected": v["rejected"]
@@ -256,7 +256,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
         base, reason=flag.reason, failure=failure, stats=final, pending=final["pending"],
         timings={"started": started, "ended": time.time()}, tasks_before=tasks_before,
         prices={m.label: m.price for m in api.values()}, max_cost=cfg.run.max_cost,
-        faults=_faults(earlier, final["usage"], gate_stats),
+        faults=fault_counts(earlier, final["usage"], gate_stats),
         limits=gate_stats.get("models", {}),
         restarts={**sup.counted(), **({"pool": pool_restarts} if pool_restarts else {})},
         pool=final["pool"], cpu_s=cpu)
@@ -271,46 +271,16 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     return summary
 
 
-def _errors(usage: dict[str, Any]) -> int:
-    """Requests that failed after every retry (a dead endpoint, a prompt over the context)."""
-    return sum(u.get("errors", 0) for u in usage.values())
-
-
 def _show(bar: Any, stats: dict[str, Any], started: float, api: bool) -> None:
     bar.n = stats["tasks"]
     rejected = sum(s["rejected"] for s in stats["stages"].values())
     rate = stats["tasks"] / max(time.time() - started, 1e-9) * 60
-    errors = _errors(stats["usage"])
+    errors = request_errors(stats["usage"])
     bar.set_postfix(rejected=rejected, per_min=f"{rate:.1f}",
                     **({"request_errors": errors} if errors else {}),
                     **({"cost": f"${spent_usd(stats['usage']):.4f}"} if api else {}),
                     refresh=False)
     bar.update(0)
-
-
-RECORDED_KINDS = ("unparseable", "request_error")  # counted from the committed records
-
-
-def _faults(earlier: dict[str, Any], usage: dict[str, Any],
-            gate_stats: dict[str, Any]) -> dict[str, int]:
-    """Faults by kind over the whole run directory. Unparseable answers and requests that
-    failed after every retry (`request_error`) come from the committed records, which cover
-    every session. HTTP faults come from the gate, which hears of every request whether or
-    not its answer was recorded: this session's, plus what earlier sessions counted. A run
-    without an API model has no gate: its records are all there is."""
-    recorded: dict[str, int] = {}
-    for u in usage.values():
-        for kind, n in u.get("faults", {}).items():
-            recorded[kind] = recorded.get(kind, 0) + n
-    recorded["request_error"] = _errors(usage)
-    if gate_stats:
-        out = {k: v for k, v in earlier.get("faults", {}).items() if k not in RECORDED_KINDS}
-        for kind, n in gate_stats.get("faults", {}).items():
-            out[kind] = out.get(kind, 0) + n
-        out.update({k: recorded.get(k, 0) for k in RECORDED_KINDS})
-    else:
-        out = recorded
-    return {k: v for k, v in sorted(out.items()) if v}
 
 
 def _informative(method: Any) -> dict[str, Any]:

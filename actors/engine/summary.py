@@ -65,3 +65,33 @@ def run_summary(base: dict[str, Any], *, reason: str, failure: str, stats: dict[
         "pool": pool,
         "cpu_s": cpu_s,
     }
+
+
+def request_errors(usage: dict[str, Any]) -> int:
+    """Requests that failed after every retry (a dead endpoint, a prompt over the context)."""
+    return sum(u.get("errors", 0) for u in usage.values())
+
+
+RECORDED_KINDS = ("unparseable", "request_error")  # counted from the committed records
+
+
+def fault_counts(earlier: dict[str, Any], usage: dict[str, Any],
+            gate_stats: dict[str, Any]) -> dict[str, int]:
+    """Faults by kind over the whole run directory. Unparseable answers and requests that
+    failed after every retry (`request_error`) come from the committed records, which cover
+    every session. HTTP faults come from the gate, which hears of every request whether or
+    not its answer was recorded: this session's, plus what earlier sessions counted. A run
+    without an API model has no gate: its records are all there is."""
+    recorded: dict[str, int] = {}
+    for u in usage.values():
+        for kind, n in u.get("faults", {}).items():
+            recorded[kind] = recorded.get(kind, 0) + n
+    recorded["request_error"] = request_errors(usage)
+    if gate_stats:
+        out = {k: v for k, v in earlier.get("faults", {}).items() if k not in RECORDED_KINDS}
+        for kind, n in gate_stats.get("faults", {}).items():
+            out[kind] = out.get(kind, 0) + n
+        out.update({k: recorded.get(k, 0) for k in RECORDED_KINDS})
+    else:
+        out = recorded
+    return {k: v for k, v in sorted(out.items()) if v}
