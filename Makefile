@@ -9,7 +9,7 @@ OUT ?= runs/latest
 
 .PHONY: install run test lint clean
 
-$(BIN)/selfinstruct: pyproject.toml setup.py actors/method/_rouge_index.cpp
+$(BIN)/selfinstruct: pyproject.toml setup.py actors/method/rouge_kernel.cpp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev,report,cloud]"

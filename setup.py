@@ -14,9 +14,12 @@ flags = ["-std=c++17", "-O3", "-ffp-contract=off", "-pthread"]
 if platform.machine().lower() in ("x86_64", "amd64"):
     flags.append("-mpopcnt")
 
+# A top-level module, not inside `actors`: a Ray job's working_dir carries the project's Python
+# files (and leaves out what .gitignore names, such as this build's output), and its `actors`
+# comes first on the job's path. Compiled code must come from the installed environment.
 setup(ext_modules=[Extension(
-    "actors.method._rouge_index",
-    sources=["actors/method/_rouge_index.cpp"],
+    "_selfinstruct_rouge",
+    sources=["actors/method/rouge_kernel.cpp"],
     language="c++",
     extra_compile_args=flags,
     extra_link_args=["-pthread"],

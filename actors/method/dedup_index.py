@@ -21,7 +21,7 @@ pool sizes; tokens first seen since then count as rarer than all. Any fixed orde
 Postings are sorted by member length, so the lengths that cannot pass are not even read.
 
 The pairs left get an exact LCS (bit-parallel, over token ids) and rouge-score's float formula.
-All of that runs in the compiled kernel (actors/method/_rouge_index.cpp), which scores a batch's
+All of that runs in the compiled kernel (actors/method/rouge_kernel.cpp), which scores a batch's
 candidates against the pool in parallel threads with the GIL released; Python keeps the
 tokenizer and the vocabulary. Pruning is at min(neighbour floor, threshold) less a small slack,
 so decisions, neighbours at or above the floor, and the maximum whenever it reaches the floor
@@ -36,7 +36,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from actors.method._rouge_index import Index
+from _selfinstruct_rouge import Index
+
 from actors.method.rouge import tokenize
 
 # Bounds are compared with a small slack so float rounding can never prune a pair that

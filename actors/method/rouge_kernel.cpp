@@ -816,15 +816,15 @@ PySequenceMethods Index_as_sequence = {};
 
 PyTypeObject IndexType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
-PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_rouge_index",
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_selfinstruct_rouge",
                           "The ROUGE-L index's compiled kernel (see actors/method/dedup_index.py).", -1,
                           nullptr};
 
 }  // namespace
 
-PyMODINIT_FUNC PyInit__rouge_index(void) {
+PyMODINIT_FUNC PyInit__selfinstruct_rouge(void) {
   Index_as_sequence.sq_length = reinterpret_cast<lenfunc>(Index_len);
-  IndexType.tp_name = "actors.method._rouge_index.Index";
+  IndexType.tp_name = "_selfinstruct_rouge.Index";
   IndexType.tp_basicsize = sizeof(IndexObject);
   IndexType.tp_flags = Py_TPFLAGS_DEFAULT;
   IndexType.tp_doc = "Greedy ROUGE-L state over token ids: postings, bounds and exact LCS.";
