@@ -106,3 +106,13 @@ def test_classify_outcome_labels_and_records():
     task, out = stages().classify_outcome(_task(None), Completion(" Yes", "stop", "m"))
     assert task["is_classification"] is True and task["classify"]["answer"] == "yes"
     assert out.key == "c-task_000001" and out.accepted == {"classify": 1}
+
+
+def test_answers_asked_again_and_served_from_the_cache_count_as_cache_hits():
+    from actors.providers.llm import Attempt
+
+    bad = Attempt(Completion("??", "stop", "m", cached=True), "no instance")
+    out = stages().instance_outcome(_task(False), Completion("Output: 4", "stop", "m",
+                                                             cached=True), [bad])
+    assert out.cached == ["i-task_000001~1", "i-task_000001"]
+    assert [r["id"] for r in out.responses] == ["i-task_000001~1", "i-task_000001"]

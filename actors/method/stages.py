@@ -92,6 +92,12 @@ def response_records(response_id: str, stage: str, c: Completion,
     return [*out, response_record(response_id, stage, c)]
 
 
+def cached_ids(response_id: str, c: Completion, retried: Sequence[Attempt] = ()) -> list[str]:
+    """The ids of the records (answers asked again included) the response cache served."""
+    return [f"{response_id}~{n}" for n, a in enumerate(retried, start=1)
+            if a.completion.cached] + ([response_id] if c.cached else [])
+
+
 def looks_like_text(text: str) -> bool:
     """Mostly letters: what any language model's answer is, and symbol soup is not."""
     visible = [ch for ch in text if not ch.isspace()]
@@ -126,7 +132,7 @@ class Stages:
         """Parse prompt k's response and run the instruction filters; candidates go to dedup."""
         response_id = prompt_id(k)
         out = Outcome(responses=response_records(response_id, "propose", c, retried),
-                      key=response_id, cached=[response_id] if c.cached else [])
+                      key=response_id, cached=cached_ids(response_id, c, retried))
         base = {"response_id": response_id, "prompt": k, "shots": [s.id for s in shots],
                 "model": c.model}
         if c.finish_reason in UNDONE:
@@ -173,7 +179,7 @@ class Stages:
         neither Yes nor No after the retries counts as No, the original's rule."""
         rid = classify_id(task["id"])
         out = Outcome(responses=response_records(rid, "classify", c, retried), key=rid,
-                      cached=[rid] if c.cached else [])
+                      cached=cached_ids(rid, c, retried))
         out.accept("classify")
         is_cls, answer = self.classify_answer(c)
         return {**task, "is_classification": is_cls,
@@ -206,7 +212,7 @@ class Stages:
         """Parse, filter and, if anything survives, build the final seed-schema record."""
         response_id = instances_id(task["id"])
         out = Outcome(responses=response_records(response_id, "instances", c, retried),
-                      key=response_id, cached=[response_id] if c.cached else [])
+                      key=response_id, cached=cached_ids(response_id, c, retried))
         mode = self.instance_mode(task["is_classification"])
         brief = {"id": task["id"], "instruction": task["instruction"],
                  "response_id": response_id}
