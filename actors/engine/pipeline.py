@@ -171,7 +171,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     failure, pool_restarts = "", 0
     stats: dict[str, Any] = {"tasks": tasks_before}
     watch = pool.watch.remote(tasks_before, WATCH_S)
-    next_log = time.time()
+    next_log = next_gate_look = time.time()
     try:
         while not flag.reason:
             now = time.time()
@@ -224,7 +224,8 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                                 for k, v in stats["stages"].items()})
             if stats["tasks"] >= target:
                 flag.reason = flag.reason or "target_reached"
-            if gate is not None:
+            if gate is not None and now >= next_gate_look:
+                next_gate_look = now + WATCH_S
                 gstats = ray.get(gate.stats.remote())
                 if gstats["budget_exhausted"]:
                     flag.reason = flag.reason or "max_cost"

@@ -109,12 +109,17 @@ class Pool:
             await self._drained()
 
     # -- the driver's view -----------------------------------------------------------------
-    async def watch(self, seen: int, timeout: float) -> dict[str, Any]:
-        """The run's figures once more tasks than `seen` are committed, or after `timeout`."""
-        deadline = time.monotonic() + timeout
+    async def watch(self, seen: int, timeout: float, min_s: float = 0.5) -> dict[str, Any]:
+        """The run's figures once more tasks than `seen` are committed, or after `timeout`;
+        never sooner than `min_s`, so a fast run does not turn the driver's watch into a
+        stream of calls."""
+        start = time.monotonic()
+        deadline = start + timeout
         while self.tasks == seen and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._committed.wait(), left)
+        if (rest := start + min(min_s, timeout) - time.monotonic()) > 0:
+            await asyncio.sleep(rest)
         if self._committer is not None and self._committer.done():
             self._committer.result()  # a broken run directory reaches the driver
         return self.stats()
