@@ -48,7 +48,9 @@ def cpu_by_process(sid: int) -> dict[int, tuple[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--latency", type=float, default=10.0)
+    ap.add_argument("--latency", type=float, default=10.0,
+                    help="longer than --warmup + --window (e.g. 100): no request completes "
+                    "in the window, so what is left is the run's pure waiting cost")
     ap.add_argument("--warmup", type=float, default=20.0)
     ap.add_argument("--window", type=float, default=30.0)
     args = ap.parse_args()
