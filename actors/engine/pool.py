@@ -70,6 +70,9 @@ class Pool:
                 self.ledger.release(worker, released)
             self._changed_now()
             await self._commit_soon()
+            # Workers already waiting for work go first (they were woken just now and run on
+            # this yield): the one returning results must not take every new batch in turn.
+            await asyncio.sleep(0)
         while not self.stopping:
             work = (self.ledger.sample(worker, n) if stage == "propose"
                     else self.ledger.take(worker, stage, n))
