@@ -25,7 +25,6 @@ from actors.config import ApiModel, Pipeline
 from actors.engine.gate import Gate
 from actors.engine.pool import Pool
 from actors.engine.run_inputs import (
-    RunError,
     api_keys,
     cache_prefixes,
     load_all_seeds,
@@ -44,8 +43,6 @@ from actors.rundir.prepare import check_out_dir, lock_run_dir, prepare_remote, w
 from actors.rundir.remote import Mirror, is_remote, staging_dir
 from actors.rundir.resume import check_resume, fingerprint
 from actors.rundir.runlog import recover
-
-__all__ = ["RunError", "run_pipeline"]
 
 WATCH_S = 2.0  # the longest the driver waits between looks at the gate, the clock and signals
 

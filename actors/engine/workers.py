@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ray.exceptions import RayActorError
@@ -78,6 +79,19 @@ class StageWorker:
         """(results for the pool, ids of tasks not done)."""
         raise NotImplementedError
 
+    @staticmethod
+    def _sort(tasks: list[dict[str, Any]], answers: list[tuple[Completion, list[Any]]],
+              result: Callable[[dict[str, Any], Completion, list[Any]], Any]
+              ) -> tuple[list[Any], list[str]]:
+        """(a result per answered task, ids of the tasks whose request was cancelled)."""
+        results, undone = [], []
+        for task, (c, retried) in zip(tasks, answers, strict=True):
+            if c.finish_reason in CANCELLED:
+                undone.append(task["id"])
+            else:
+                results.append(result(task, c, retried))
+        return results, undone
+
     async def _ask(self, prompts: list[Any], conf: Any, seeds: list[int],
                    problems: list[Any]) -> list[tuple[Completion, list[Any]]]:
         return await asyncio.gather(*[
@@ -113,14 +127,11 @@ class Classifier(StageWorker):
             [self.stages.classify_prompt(t["instruction"]) for t in work],
             self.stages.cfg.stages.classify, [0] * len(work),
             [self.stages.classify_problem] * len(work))
-        results, undone = [], []
-        for task, (c, retried) in zip(work, answers, strict=True):
-            if c.finish_reason in CANCELLED:
-                undone.append(task["id"])
-                continue
+        def result(task: dict[str, Any], c: Completion, retried: list[Any]) -> Any:
             labelled, out = self.stages.classify_outcome(task, c, retried)
-            results.append((labelled, out.as_dict()))
-        return results, undone
+            return labelled, out.as_dict()
+
+        return self._sort(work, answers, result)
 
 
 class Instancer(StageWorker):
@@ -134,12 +145,6 @@ class Instancer(StageWorker):
             [self.stages.instance_prompt(t) for t in work], self.stages.cfg.stages.instances,
             [0] * len(work),
             [lambda c, t=t: self.stages.instance_problem(t, c) for t in work])
-        results, undone = [], []
-        for task, (c, retried) in zip(work, answers, strict=True):
-            if c.finish_reason in CANCELLED:
-                undone.append(task["id"])
-                continue
-            results.append((task["id"],
-                            self.stages.instance_outcome(task, c, retried).as_dict()))
-        return results, undone
+        return self._sort(work, answers, lambda task, c, retried: (
+            task["id"], self.stages.instance_outcome(task, c, retried).as_dict()))
 
