@@ -85,6 +85,21 @@ DROPPABLE = Literal["temperature", "top_p", "presence_penalty", "frequency_penal
                     "stop"]
 
 
+class ModelBatches(Strict):
+    """What a provider's batch API allows and charges, for stages with `delivery: batch`.
+    Defaults are Anthropic's and OpenAI's published limits (the smaller of the two)."""
+
+    price_factor: float = Field(0.5, gt=0, le=1, description="batch price / online price")
+    max_requests_per_batch: int = Field(50_000, ge=1)
+    max_bytes_per_batch: int = Field(200_000_000, ge=1024, description="the request body "
+                                     "(Anthropic) or the input file (OpenAI)")
+    max_batches_in_progress: int = Field(
+        100, ge=1, description="this model's batches submitted and not ended, cluster-wide")
+    turnaround_s: float = Field(
+        3600.0, gt=0, description="a batch's usual time to end, for --dry-run's time estimate "
+        "(providers promise 24 h; most end within an hour)")
+
+
 class ApiModel(Strict):
     """A model behind an API: Anthropic, OpenAI, or any OpenAI-compatible server by base_url.
 
@@ -108,6 +123,7 @@ class ApiModel(Strict):
     prompt_cache: bool = Field(True, description="anthropic: cache the fixed few-shot prefixes")
     drop_params: list[DROPPABLE] = Field(
         default_factory=list, description="decoding parameters this model rejects")
+    batches: ModelBatches = Field(default_factory=ModelBatches)
 
     @model_validator(mode="after")
     def _endpoint(self) -> ApiModel:
@@ -135,8 +151,28 @@ Model = Annotated[Annotated[LocalModel, Tag("local")] | Annotated[ApiModel, Tag(
                   Discriminator(_model_kind)]
 
 
+class StageBatches(Strict):
+    """How a stage with `delivery: batch` gathers its requests into batches."""
+
+    max_requests: int = Field(1000, ge=1, description="a batch is sent when this many "
+                              "requests wait (or the model's max_requests_per_batch)")
+    max_wait_s: float = Field(60.0, gt=0, description="... or when the oldest has waited "
+                              "this long")
+    max_in_flight: int = Field(2, ge=1, description="this stage's batches submitted and not "
+                               "ended, for this run")
+    poll_s: float = Field(30.0, gt=0, description="how often a batch's state is asked")
+    retry: Literal["batch", "online"] = Field(
+        "batch", description="an item that errored, expired or was cancelled is asked again "
+        "in a later batch, or online at once")
+    max_item_retries: int = Field(2, ge=0, description="then it is recorded as an error")
+
+
 class Decoding(Strict):
     model: str = "local"
+    delivery: Literal["online", "batch"] = Field(
+        "online", description="batch: the provider's batch API, at its batch price (an API "
+        "model only)")
+    batch: StageBatches = Field(default_factory=StageBatches)
     mode: Literal["completion", "chat"] = "completion"
     temperature: float = 0.0
     top_p: float = 1.0
@@ -325,6 +361,17 @@ class RayConf(Strict):
     address: str | None = Field(None, description="null: RAY_ADDRESS, else a new local Ray "
                                 "(\"local\" always starts a new one)")
     num_cpus: int | None = Field(None, ge=1, description="for a new local Ray")
+    metrics_export_port: int | None = Field(
+        None, ge=1024, le=65535, description="for a new local Ray: the port of its Prometheus "
+        "endpoint (http://127.0.0.1:PORT/metrics); null: a port Ray picks")
+
+    @model_validator(mode="after")
+    def _metrics_port_is_local(self) -> RayConf:
+        if self.metrics_export_port is not None and self.address not in (None, "local"):
+            raise ValueError(
+                "metrics_export_port is for a new local Ray; a cluster's nodes set theirs with "
+                "`ray start --metrics-export-port=PORT` (remove the key, or set address: local)")
+        return self
 
 
 class Pipeline(Strict):
@@ -347,6 +394,15 @@ class Pipeline(Strict):
                 raise ValueError(
                     f"stages.{stage}.model: {name!r} is not defined under 'models' "
                     f"(defined: {', '.join(sorted(self.models)) or 'none'})")
+            conf = getattr(self.stages, stage)
+            if conf.delivery == "batch" and not isinstance(self.models[name], ApiModel):
+                raise ValueError(
+                    f"stages.{stage}.delivery: batch needs an API model; models.{name} is "
+                    f"the embedded model (set delivery: online, or an anthropic/openai model)")
+            if conf.delivery == "batch" and self.models[name].provider == "openai_compatible":
+                raise ValueError(
+                    f"stages.{stage}.delivery: batch needs provider anthropic or openai; "
+                    f"models.{name} is openai_compatible, which has no batch API")
         return self
 
 
@@ -372,6 +428,8 @@ def _format_error(source: str, err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"{source}: {path}: required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc and msg.startswith("stages."):  # a whole-config check names its own key
+        return f"{source}: {msg}"
     return f"{source}: {path}: {msg} (got {_offending(msg, err.get('input'))})"
 
 

@@ -174,3 +174,27 @@ def test_dry_run_estimate_works_back_from_the_target(monkeypatch):
     cfg2.models["api"] = api
     assert estimate(cfg2, 100, templates, seeds)["minutes_by_model"]["api"] == pytest.approx(
         125 * cfg2.stages.instances.max_tokens / 1000, abs=0.06)
+
+
+def test_dry_run_prints_online_and_batch_cost_side_by_side():
+    cfg = load_config(ROOT / "pipeline.yaml")
+    api = {"provider": "anthropic", "model": "m",
+           "price": {"input_per_mtok": 3.0, "output_per_mtok": 15.0},
+           "batches": {"price_factor": 0.4, "turnaround_s": 1800}}
+    stages = cfg.stages.model_dump()
+    for stage in stages.values():
+        stage["model"] = "api"
+    stages["instances"]["delivery"] = "batch"
+    cfg2 = cfg.model_validate({**cfg.model_dump(), "models": {"api": api}, "stages": stages})
+    est = estimate(cfg2, 100, load_templates(cfg), load_all_seeds(cfg))
+    inst, prop = est["stages"]["instances"], est["stages"]["propose"]
+    assert inst["batch_usd"] == pytest.approx(inst["online_usd"] * 0.4, abs=1e-4)
+    assert inst["cost_usd"] == inst["batch_usd"] and prop["cost_usd"] == prop["online_usd"]
+    assert est["batch_cost_usd"] == pytest.approx(est["online_cost_usd"] * 0.4, abs=1e-3)
+    # 125 instance requests fit one wave of 1000; with all three stages batched the chain
+    # of proposal waves (capped at machine_shot_lag = 20 prompts, 2 batches in flight) sets
+    # the pace, plus a turnaround each for classification and instances.
+    waves = -(-prop["requests"] // 40)
+    assert est["batch_minutes"] == pytest.approx((waves + 2) * 30, abs=0.1)
+    table = render(est)
+    assert "online USD" in table and "batch USD" in table and "time online" in table

@@ -34,6 +34,10 @@ class Gate:
         self.requests: dict[str, dict[str, int]] = {name: {} for name in models}
         self.faults: dict[str, dict[str, int]] = {name: {} for name in models}
         self.lives: dict[str, str] = {}  # holder -> the process it runs in now
+        # Provider batches (delivery: batch): submitted and not ended, per model; grant ->
+        # (model, holder, worst-case cost reserved).
+        self.batches_out = dict.fromkeys(models, 0)
+        self.batch_grants: dict[int, tuple[str, str, float]] = {}
 
     async def acquire(self, model: str, holder: str, input_tokens: int,
                       output_tokens: int) -> int | None:
@@ -87,9 +91,7 @@ class Gate:
         The first call from a new `life` of a holder (Ray restarted its actor) frees the
         slots the earlier life held: in the same call, so no late announcement can free the
         new life's slots instead."""
-        if self.lives.setdefault(holder, life) != life:
-            self.lives[holder] = life
-            self.lost(holder)
+        self._life(holder, life)
         grants = [await self.acquire(model, holder, *sizes[0])]
         for size in sizes[1:]:
             if grants[-1] is None or self.lines[model]:
@@ -99,6 +101,57 @@ class Gate:
                 break
             grants.append(grant)
         return grants
+
+    def _life(self, holder: str, life: str) -> None:
+        if self.lives.setdefault(holder, life) != life:
+            self.lives[holder] = life
+            self.lost(holder)
+
+    async def acquire_batch(self, model: str, holder: str, life: str, worst_usd: float,
+                            recovered: bool = False) -> int | None:
+        """A grant to submit one provider batch, once the model has fewer than
+        `batches.max_batches_in_progress` out and the budget holds the batch's worst case;
+        None when the budget refuses it. A batch an earlier life submitted (`recovered`)
+        is out already: it is counted and reserved without waiting."""
+        self._life(holder, life)
+        limit = self.models[model].batches.max_batches_in_progress
+        while not recovered:
+            verdict = "full" if self.batches_out[model] >= limit else \
+                self.budget.reserve(worst_usd)
+            if verdict == "ok":
+                break
+            if verdict == "refused":
+                return None
+            freed = self.freed.setdefault(model, asyncio.Event())
+            freed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(freed.wait(), 1.0)
+        if recovered:
+            self.budget.reserved += worst_usd
+        self.batches_out[model] += 1
+        grant = next(self.ids)
+        self.batch_grants[grant] = (model, holder, worst_usd)
+        return grant
+
+    def settle_batch(self, grant_id: int, cost_usd: float, answered: int,
+                     failed: dict[str, int], error: str = "") -> None:
+        """A batch ended (or its submission failed): what it cost, and how its items fared."""
+        if (held := self.batch_grants.pop(grant_id, None)) is None:
+            return
+        model, holder, worst = held
+        self.batches_out[model] -= 1
+        self.budget.settle(worst, cost_usd)
+        n = answered + sum(failed.values())
+        self.requests[model][holder] = self.requests[model].get(holder, 0) + n
+        for kind, k in failed.items():
+            self.faults[model][f"batch_{kind}"] = self.faults[model].get(f"batch_{kind}", 0) + k
+        if answered:
+            self.failures_in_row[model] = 0
+        elif n or error:
+            self.failures_in_row[model] += max(n, 1)
+            self.last_error[model] = (error or f"every item of a batch failed: {failed}")[:300]
+        for name in self.models:
+            self._wake(name)
 
     def settle_many(self, model: str,
                     items: list[tuple[int, dict[str, float], str, dict[str, int]]]) -> None:
@@ -130,6 +183,10 @@ class Gate:
     def lost(self, holder: str) -> int:
         """An actor (re)started: the slots its earlier life held are free again."""
         gone = 0
+        for grant_id in [g for g, (_, h, _) in self.batch_grants.items() if h == holder]:
+            model, _, worst = self.batch_grants.pop(grant_id)
+            self.batches_out[model] -= 1
+            self.budget.settle(worst, 0.0)
         for model, lim in self.limiters.items():
             for grant in lim.release_holder(holder):
                 self.budget.settle(grant.cost, 0.0)
@@ -149,6 +206,7 @@ class Gate:
         return {"models": {m: {**lim.stats(now), "requests": sum(self.requests[m].values()),
                                "requests_by_actor": self.requests[m],
                                "waiting": len(self.lines[m]),
+                               "batches_in_progress": self.batches_out[m],
                                "failures_in_row": self.failures_in_row[m],
                                "faults": self.faults[m]}
                            for m, lim in self.limiters.items()},

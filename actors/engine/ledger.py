@@ -279,6 +279,7 @@ class Ledger:
             u = usage.setdefault(f"{rec['stage']}:{rec['model']}", {})
             add_counts(u, {"requests": 1, "cache_hits": int(rec["id"] in cached),
                            "errors": int(rec["finish_reason"] == "error"),
+                           "batch_requests": int(bool(rec.get("batch_id"))),
                            **{k: rec.get(k, 0) for k in USAGE_KEYS},
                            "faults": rec.get("faults", {})})
             lines["responses"].append(rec)
@@ -338,7 +339,10 @@ class Ledger:
 
     def stats(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "finished": self.tasks + len(self.held),
-                "target": self.target, "stages": self.counts, "usage": self.usage}
+                "target": self.target, "stages": self.counts, "usage": self.usage,
+                "pool_size": len(self.index),
+                "waiting": {"dedup": self.prompts.waiting(),
+                            **{stage: len(q) for stage, q in self.board.queues.items()}}}
 
     def pool_stats(self) -> dict[str, Any]:
         return {"pool_size": len(self.index), "machine": len(self.machine),

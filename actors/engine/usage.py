@@ -10,8 +10,8 @@ from actors.rundir.runlog import add_counts
 
 # What each response record carries and the writer sums per "stage:model".
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
-              "cost_usd")
-SUMMED = ("requests", "errors", *USAGE_KEYS)
+              "cost_usd", "batch_saved_usd")
+SUMMED = ("requests", "errors", "batch_requests", *USAGE_KEYS)
 
 
 def summarize(usage: dict[str, dict[str, Any]], prices: dict[str, Price]) -> dict[str, Any]:
@@ -34,7 +34,8 @@ def summarize(usage: dict[str, dict[str, Any]], prices: dict[str, Price]) -> dic
             saved += cache_saving_usd(prices[model], u.get("cache_read_tokens", 0),
                                       u.get("cache_write_tokens", 0))
     for part in (*by_stage.values(), *by_model.values(), total):
-        part["cost_usd"] = round(part.get("cost_usd", 0.0), 6)
+        for key in ("cost_usd", "batch_saved_usd"):
+            part[key] = round(part.get(key, 0.0), 6)
     return {"totals": {"all": total, "by_stage": by_stage, "by_model": by_model},
             "faults": faults,
             "prompt_cache": {"read_tokens": total.get("cache_read_tokens", 0),

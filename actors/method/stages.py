@@ -72,7 +72,8 @@ UNDONE = ("error", "cancelled", "uncached")  # answers that carry no model text
 
 def response_record(response_id: str, stage: str, c: Completion) -> dict[str, Any]:
     extra = {"cache_read_tokens": c.cache_read_tokens, "cache_write_tokens": c.cache_write_tokens,
-             "cost_usd": c.cost_usd, "faults": c.faults, "error": c.error}
+             "cost_usd": c.cost_usd, "faults": c.faults, "error": c.error,
+             "batch_id": c.batch_id, "batch_saved_usd": c.batch_saved_usd}
     return {"id": response_id, "stage": stage, "model": c.model, "text": c.text,
             "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens, "latency_s": round(c.latency_s, 4),

@@ -145,6 +145,28 @@ class ApiBackend:
 
 
 @dataclass
+class BatchBackend:
+    """A stage with `delivery: batch`: its requests wait in the batcher actor for the
+    stage's next provider batch. The custom id is the response cache's key, so the same
+    request asked again after a restart finds the batch it is already in."""
+
+    batcher: Any
+    stage: str
+    model: str
+
+    def bind(self, holder: str, life: str) -> None:
+        pass
+
+    async def complete(self, req: Request) -> Completion:
+        while True:
+            try:
+                return await self.batcher.complete.remote(self.stage,
+                                                          cache_key(self.model, req), req)
+            except RayActorError:  # Ray restarts it from batches.jsonl: ask it again
+                await asyncio.sleep(1.0)
+
+
+@dataclass
 class LLMClient:
     """What a stage holds: its backend, a cap on requests in flight, and the cache.
 
@@ -153,8 +175,9 @@ class LLMClient:
     asked (proposers skip it); a task's answer that is missing is recorded as an error.
     """
 
-    backend: LocalBackend | ApiBackend | None
+    backend: LocalBackend | ApiBackend | BatchBackend | None
     max_in_flight: int = 16
+    wave: int = 0  # delivery: batch: tasks a worker leases at once (a batch's worth)
     stage: str = "propose"
     model: str = ""
     cache_path: str | None = None
@@ -211,17 +234,22 @@ class LLMClient:
 
 def client_for(cfg: Pipeline, stage: str, replicas: dict[str, list[Any]], gate: Any,
                keys: dict[str, Secret | None], cache_path: str | None,
-               prefixes: tuple[str, ...] = ()) -> LLMClient:
+               prefixes: tuple[str, ...] = (), batcher: Any = None) -> LLMClient:
     """The client a stage's actors get, for the model the config names for that stage."""
     conf = getattr(cfg.stages, stage)
     model = cfg.models[conf.model]
-    backend: LocalBackend | ApiBackend | None
+    backend: LocalBackend | ApiBackend | BatchBackend | None
+    in_flight, wave = conf.max_in_flight_per_actor, 0
     if cfg.cache.replay_only:
         backend = None
+    elif conf.delivery == "batch":
+        backend = BatchBackend(batcher, stage, model.label)
+        wave = conf.batch.max_requests
+        in_flight = wave * conf.batch.max_in_flight
     elif isinstance(model, ApiModel):
         backend = ApiBackend(model, conf.model, keys.get(conf.model), gate, prefixes)
     else:
         backend = LocalBackend(replicas[conf.model], stage, model.label)
-    return LLMClient(backend, conf.max_in_flight_per_actor, stage, model.label,
+    return LLMClient(backend, in_flight, wave, stage, model.label,
                      cache_path if cfg.cache.enabled else None, cfg.cache.replay_only,
                      conf.parse_retries, conf.retry_temperature)

@@ -44,6 +44,8 @@ class Completion:
     cache_write_tokens: int = 0     # prompt tokens written to it (Anthropic)
     cost_usd: float = 0.0
     faults: dict[str, int] = field(default_factory=dict)  # HTTP attempts that failed, by kind
+    batch_id: str = ""              # the provider batch that answered it (delivery: batch)
+    batch_saved_usd: float = 0.0    # what the same answer would have cost more online
 
     @property
     def truncated(self) -> bool:

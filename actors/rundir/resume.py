@@ -14,8 +14,9 @@ from typing import Any
 
 from actors.config import Pipeline
 
-# Per stage: which model serves it and how many requests it keeps in flight may change.
-FREE_STAGE_KEYS = {"model", "max_in_flight_per_actor"}
+# Per stage: which model serves it, how many requests it keeps in flight, and whether they
+# go online or in provider batches may change.
+FREE_STAGE_KEYS = {"model", "max_in_flight_per_actor", "delivery", "batch"}
 
 
 class ResumeError(RuntimeError):

@@ -132,7 +132,7 @@ def read_committed(run_dir: Path, name: str, n: int,
             return
 
 
-def _append(fh: Any, data: bytes) -> None:
+def append_synced(fh: Any, data: bytes) -> None:
     view = memoryview(data)
     while view:
         n = fh.write(view)
@@ -167,12 +167,12 @@ class RunFiles:
                 if not recs:
                     continue
                 current = name
-                _append(self.files[name], b"".join(
+                append_synced(self.files[name], b"".join(
                     json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in recs))
             current = "commits"
             record = {"time": round(time.time(), 3) if when is None else when,
                       "lines": {k: len(v) for k, v in lines.items() if v}, **meta}
-            _append(self.files["commits"], json.dumps(record).encode() + b"\n")
+            append_synced(self.files["commits"], json.dumps(record).encode() + b"\n")
             return record
         except OSError as exc:
             for name, fh in self.files.items():

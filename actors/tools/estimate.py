@@ -107,11 +107,15 @@ def estimate(cfg: Pipeline, target: int, templates: dict[str, Template],
         read = prefix * max(n - 1, 0) if cached else 0.0
         write = prefix if cached else 0.0
         uncached_in = n * size - read - write
-        cost = cost_usd(model.price, uncached_in, n * out_tokens, read, write) \
+        online = cost_usd(model.price, uncached_in, n * out_tokens, read, write) \
             if isinstance(model, ApiModel) else 0.0
-        stages[stage] = {"model": conf.model, "requests": math.ceil(n),
-                         "input_tokens": round(n * size), "output_tokens": round(n * out_tokens),
-                         "cached_input_tokens": round(read), "cost_usd": round(cost, 4)}
+        batch = online * model.batches.price_factor if isinstance(model, ApiModel) else 0.0
+        stages[stage] = {"model": conf.model, "delivery": conf.delivery,
+                         "requests": math.ceil(n), "input_tokens": round(n * size),
+                         "output_tokens": round(n * out_tokens),
+                         "cached_input_tokens": round(read),
+                         "cost_usd": round(batch if conf.delivery == "batch" else online, 4),
+                         "online_usd": round(online, 4), "batch_usd": round(batch, 4)}
         m = per_model.setdefault(conf.model, {"requests": 0.0, "input": 0.0, "output": 0.0})
         m["requests"] += n
         m["input"] += n * size
@@ -119,14 +123,49 @@ def estimate(cfg: Pipeline, target: int, templates: dict[str, Template],
     minutes = {name: model_minutes(cfg.models[name], m, rates.latency_s)
                for name, m in per_model.items()}
     known = [v for v in minutes.values() if v is not None]
+    online_minutes = max(known) if known else None
+    api_stages = [s for s in stages if isinstance(cfg.models[stages[s]["model"]], ApiModel)]
+    batched = [s for s in api_stages if stages[s]["delivery"] == "batch"]
     return {"target": target, "rates": asdict(rates), "stages": stages,
             "requests": sum(s["requests"] for s in stages.values()),
             "input_tokens": sum(s["input_tokens"] for s in stages.values()),
             "output_tokens": sum(s["output_tokens"] for s in stages.values()),
             "cost_usd": round(sum(s["cost_usd"] for s in stages.values()), 4),
+            "online_cost_usd": round(sum(s["online_usd"] for s in stages.values()), 4),
+            "batch_cost_usd": round(sum(s["batch_usd"] for s in stages.values()), 4),
             "minutes_by_model": {k: None if v is None else round(v, 1)
                                  for k, v in minutes.items()},
-            "minutes": round(max(known), 1) if known else None}
+            "minutes": _rounded(batch_minutes(cfg, stages, batched, online_minutes)
+                                if batched else online_minutes),
+            "online_minutes": _rounded(online_minutes),
+            "batch_minutes": _rounded(batch_minutes(cfg, stages, api_stages, online_minutes))
+            if api_stages else None}
+
+
+def _rounded(minutes: float | None) -> float | None:
+    return None if minutes is None else round(minutes, 1)
+
+
+def batch_minutes(cfg: Pipeline, stages: dict[str, Any], batched: list[str],
+                  online_minutes: float | None) -> float:
+    """Time with `batched` stages in provider batches: each wave waits a batch's turnaround.
+    A stage's wave is what its batches in flight hold (a proposal wave also cannot run past
+    machine_shot_lag prompts ahead); the stages overlap, so the longest chain of waves sets
+    the pace, plus one turnaround for each later batched stage the last wave goes through."""
+    waves = []
+    for stage in batched:
+        conf = getattr(cfg.stages, stage)
+        model = cfg.models[conf.model]
+        assert isinstance(model, ApiModel)
+        size = min(conf.batch.max_requests, model.batches.max_requests_per_batch)
+        if stage == "propose":
+            size = min(size, cfg.stages.propose.machine_shot_lag)
+        waves.append(math.ceil(stages[stage]["requests"] / (size * conf.batch.max_in_flight))
+                     * model.batches.turnaround_s)
+    turnaround = max(cfg.models[stages[s]["model"]].batches.turnaround_s  # type: ignore[union-attr]
+                     for s in batched)
+    minutes = (max(waves) + (len(batched) - 1) * turnaround) / 60
+    return max(minutes, online_minutes or 0.0) if len(batched) < 3 else minutes
 
 
 def model_minutes(model: Any, load: dict[str, float], latency_s: float) -> float | None:
@@ -147,15 +186,24 @@ def model_minutes(model: Any, load: dict[str, float], latency_s: float) -> float
 def render(est: dict[str, Any]) -> str:
     """A table a person reads before spending."""
     rows = [f"dry run for {est['target']} tasks (no request sent)",
-            f"  {'stage':<10} {'model':<14} {'requests':>9} {'input tok':>11} "
-            f"{'output tok':>11} {'cost USD':>9}"]
+            f"  {'stage':<10} {'model':<14} {'delivery':<8} {'requests':>9} {'input tok':>11} "
+            f"{'output tok':>11} {'online USD':>10} {'batch USD':>10}"]
     for stage, s in est["stages"].items():
-        rows.append(f"  {stage:<10} {s['model']:<14} {s['requests']:>9,} "
-                    f"{s['input_tokens']:>11,} {s['output_tokens']:>11,} {s['cost_usd']:>9.4f}")
-    rows.append(f"  {'total':<25} {est['requests']:>9,} {est['input_tokens']:>11,} "
-                f"{est['output_tokens']:>11,} {est['cost_usd']:>9.4f}")
-    minutes = est["minutes"]
-    rows.append("  time: " + (f"about {minutes} min (limits and requests in flight, at "
-                              f"{est['rates']['latency_s']} s a request)" if minutes is not None
-                              else "not estimated for the embedded model"))
+        rows.append(f"  {stage:<10} {s['model']:<14} {s['delivery']:<8} {s['requests']:>9,} "
+                    f"{s['input_tokens']:>11,} {s['output_tokens']:>11,} "
+                    f"{s['online_usd']:>10.4f} {s['batch_usd']:>10.4f}")
+    rows.append(f"  {'total':<34} {est['requests']:>9,} {est['input_tokens']:>11,} "
+                f"{est['output_tokens']:>11,} {est['online_cost_usd']:>10.4f} "
+                f"{est['batch_cost_usd']:>10.4f}")
+    rows.append(f"  cost as configured: ${est['cost_usd']:.4f}")
+    online, batch = est["online_minutes"], est["batch_minutes"]
+    rows.append("  time online: " + (
+        f"about {online} min (limits and requests in flight, at "
+        f"{est['rates']['latency_s']} s a request)" if online is not None
+        else "not estimated for the embedded model"))
+    if batch is not None:
+        rows.append(f"  time with every API stage in batches: about {batch / 60:.1f} h (at "
+                    f"models.*.batches.turnaround_s a batch; providers allow up to 24 h)")
+    if est["minutes"] is not None and est["minutes"] not in (online, batch):
+        rows.append(f"  time as configured: about {est['minutes'] / 60:.1f} h")
     return "\n".join(rows)
