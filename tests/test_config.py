@@ -86,8 +86,10 @@ def test_actor_resources_become_ray_options():
 
 
 @pytest.mark.parametrize("text,shown", [
-    # A check of the whole config shows no part of it; one of a section, the key it names.
-    ("stages:\n  classify:\n    model: gpt\n", "(got a mapping of 4 keys)"),
+    # A check of the whole config names its key and shows no part of the config; one of a
+    # section, the key it names.
+    ("stages:\n  classify:\n    model: gpt\n", "p.yaml: stages.classify.model: 'gpt' is not "
+     "defined under 'models' (defined: local)"),
     ("stages:\n  propose:\n    temperature: 3\n", "(got temperature: 3)"),
     ("dedup:\n  threshold: [1, 2, 3]\n", "(got a list of 3 items)"),
     ("run:\n  target: " + "x" * 300 + "\n", "(got '" + "x" * 76 + "...)"),
@@ -125,3 +127,16 @@ def test_a_renamed_key_names_its_new_name(tmp_path, data, message):
     with pytest.raises(ConfigError) as err:
         parse_config(data, "p.yaml", ROOT)
     assert str(err.value) == f"p.yaml: {message}"
+
+
+@pytest.mark.parametrize("model,why", [
+    ("{}", "models.local is the embedded model"),
+    ("{provider: openai_compatible, model: m, base_url: 'http://x/v1'}", "has no batch API"),
+])
+def test_batch_delivery_needs_a_provider_with_a_batch_api(tmp_path, model, why):
+    path = _write(tmp_path, f"prompts_dir: prompts\nmodels:\n  local: {model}\n"
+                  "stages:\n  instances: {delivery: batch}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "stages.instances.delivery: batch needs" in str(info.value)
+    assert why in str(info.value)
