@@ -58,13 +58,13 @@ def config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
     return path
 
 
-def start(cfg: Path, out: Path, target: int, *extra: str) -> subprocess.Popen:
+def start(cfg: Path, out: Path, target: int, *extra: str, **environ: str) -> subprocess.Popen:
     """The CLI in its own session, so a test can kill it together with its whole Ray."""
     return subprocess.Popen(
         [sys.executable, "-m", "actors", "run", str(cfg), "--out", str(out), "--target",
          str(target), "--no-progress", *extra],
-        cwd=out.parent, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        cwd=out.parent, env=env(**environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
 
 
 def session_pids(sid: int) -> list[int]:
