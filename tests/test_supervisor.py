@@ -57,15 +57,15 @@ def _gate(**limits):
 def test_a_new_life_of_a_holder_frees_what_the_old_life_held_in_the_same_call():
     async def scenario():
         gate = _gate()
-        assert await gate.acquire_many("m", "w", "life-1", [(10, 10), (10, 10)]) == [1, 2]
+        assert (await gate.acquire_many("m", "w", "life-1", [(10, 10), (10, 10)]))[0] == [1, 2]
         # The same life asking again waits: the cap of 2 is taken.
         waiting = asyncio.ensure_future(gate.acquire_many("m", "w", "life-1", [(10, 10)]))
         await asyncio.sleep(0.05)
         assert not waiting.done()
         waiting.cancel()
         # A restarted actor (a new life) gets slots at once: the dead life's are freed.
-        assert await asyncio.wait_for(
-            gate.acquire_many("m", "w", "life-2", [(10, 10)]), 1) == [3]
+        assert (await asyncio.wait_for(
+            gate.acquire_many("m", "w", "life-2", [(10, 10)]), 1))[0] == [3]
         assert gate.stats()["models"]["m"]["in_flight"] == 1
 
     asyncio.run(scenario())
@@ -74,10 +74,11 @@ def test_a_new_life_of_a_holder_frees_what_the_old_life_held_in_the_same_call():
 def test_the_gate_counts_every_request_s_faults():
     async def scenario():
         gate = _gate()
-        (g1,) = await gate.acquire_many("m", "w", "l", [(10, 10)])
-        (g2,) = await gate.acquire_many("m", "w", "l", [(10, 10)])
-        gate.settle_many("m", [(g1, {"prompt_tokens": 5}, "", {"http_429": 2, "timeout": 1}),
-                               (g2, {}, "APIError: 500", {"http_500": 3})])
+        (g1,), _ = await gate.acquire_many("m", "w", "l", [(10, 10)])
+        (g2,), _ = await gate.acquire_many("m", "w", "l", [(10, 10)])
+        gate.settle_many("m", "w", [
+            (g1, {"prompt_tokens": 5}, "", {"http_429": 2, "timeout": 1}, "done"),
+            (g2, {}, "APIError: 500", {"http_500": 3}, "done")])
         return gate.stats()
 
     stats = asyncio.run(scenario())

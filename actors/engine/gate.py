@@ -27,6 +27,7 @@ class Gate:
         self.limiters = {name: ModelLimiter(m.limits) for name, m in models.items()}
         self.budget = Budget(max_cost, spent)
         self.lines: dict[str, deque[asyncio.Future]] = {name: deque() for name in models}
+        self.in_line: dict[str, dict[str, int]] = {name: {} for name in models}
         self.freed: dict[str, asyncio.Event] = {}
         self.ids = itertools.count(1)
         self.failures_in_row = dict.fromkeys(models, 0)
@@ -46,6 +47,7 @@ class Gate:
         loop = asyncio.get_running_loop()
         turn: asyncio.Future = loop.create_future()
         line.append(turn)
+        self.in_line[model][holder] = self.in_line[model].get(holder, 0) + 1
         if len(line) == 1:
             turn.set_result(None)
         try:
@@ -61,6 +63,7 @@ class Gate:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(freed.wait(), timeout)
         finally:
+            self.in_line[model][holder] -= 1
             was_first = bool(line) and line[0] is turn
             line.remove(turn)
             if was_first and line:
@@ -83,10 +86,11 @@ class Gate:
         return 0.0, grant.id
 
     async def acquire_many(self, model: str, holder: str, life: str,
-                           sizes: list[tuple[int, int]]) -> list[int | None]:
+                           sizes: list[tuple[int, int]]) -> tuple[list[int | None], bool]:
         """Grants for a batch, in order: the first as `acquire` gives it, then as many more
         as fit at once with nobody waiting ahead; the caller asks again for the rest. One call
-        per batch instead of one per request keeps the gate off the critical path.
+        per batch instead of one per request keeps the gate off the critical path. With
+        them, whether the holder may hand slots on (`handoff`).
 
         The first call from a new `life` of a holder (Ray restarted its actor) frees the
         slots the earlier life held: in the same call, so no late announcement can free the
@@ -100,7 +104,24 @@ class Gate:
             if wait > 0 or grant is None:
                 break
             grants.append(grant)
-        return grants
+        return grants, self.handoff(model, holder)
+
+    def handoff(self, model: str, holder: str) -> bool:
+        """Whether `holder` may give a finished request's slot straight to its own next
+        request and tell the gate afterwards (settle_many's `release` False), saving two
+        calls a request. Only where no rule needs to see each request start: no per-minute
+        limit, no back-off after a 429, no budget cap; and only while the holder holds no
+        more than its share of the model's cap, or nobody else waits for a slot."""
+        lim = self.limiters[model]
+        if lim.windows or lim.factor < 1.0 or lim.paused_until > time.monotonic() \
+                or self.budget.max_usd is not None:
+            return False
+        others = {h for h, n in self.in_line[model].items() if n and h != holder}
+        if not others:
+            return True
+        holders = others | {g.holder for g in lim.in_flight.values()}
+        held = sum(1 for g in lim.in_flight.values() if g.holder == holder)
+        return held <= lim.max_in_flight / len(holders)
 
     def _life(self, holder: str, life: str) -> None:
         if self.lives.setdefault(holder, life) != life:
@@ -153,12 +174,27 @@ class Gate:
         for name in self.models:
             self._wake(name)
 
-    def settle_many(self, model: str,
-                    items: list[tuple[int, dict[str, float], str, dict[str, int]]]) -> None:
-        for grant_id, usage, error, faults in items:
-            self.settle(model, grant_id, usage, error)
+    def settle_many(self, model: str, holder: str,
+                    items: list[tuple[int, dict[str, float], str, dict[str, int], str]]
+                    ) -> bool:
+        """What became of grants: 'done' (the request ended, its slot is free), 'handed' (it
+        ended and its slot went on to the holder's next request, see `handoff`) or 'unused'
+        (the holder no longer needed it). Returns whether the holder may hand on."""
+        for grant_id, usage, error, faults, how in items:
+            if how == "handed":
+                self.budget.settle(0.0, usage.get("cost_usd", 0.0))
+                self.requests[model][holder] = self.requests[model].get(holder, 0) + 1
+                self._outcome(model, error)
+            elif how == "unused":
+                if (grant := self.limiters[model].release(grant_id)) is not None:
+                    self.budget.settle(grant.cost, 0.0)
+                    self.requests[model][holder] -= 1
+                self._wake(model)
+            else:
+                self.settle(model, grant_id, usage, error)
             for kind, n in faults.items():
                 self.faults[model][kind] = self.faults[model].get(kind, 0) + n
+        return self.handoff(model, holder)
 
     def settle(self, model: str, grant_id: int, usage: dict[str, float], error: str = "") -> None:
         """The request ended (answered, or failed after the SDK's retries); `usage` holds its
@@ -169,13 +205,16 @@ class Gate:
                                              usage.get("completion_tokens", 0))
         if grant is not None:
             self.budget.settle(grant.cost, usage.get("cost_usd", 0.0))
+        self._outcome(model, error)
+        for name in self.models:  # a settled cost may let another model's request fit
+            self._wake(name)
+
+    def _outcome(self, model: str, error: str) -> None:
         if error:
             self.failures_in_row[model] += 1
             self.last_error[model] = error[:300]
         else:
             self.failures_in_row[model] = 0
-        for name in self.models:  # a settled cost may let another model's request fit
-            self._wake(name)
 
     def throttled(self, model: str, retry_after: float | None) -> None:
         self.limiters[model].throttled(time.monotonic(), retry_after)

@@ -4,6 +4,7 @@ the gate), a cap on its own requests in flight, the response cache and parse ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from actors.providers.api import ApiProvider, Secret, make_provider
 from actors.providers.cache import ResponseCache, cache_key
 from actors.providers.llm import Attempt, Completion, Request
 
+# A slot handed on to the actor's next request is reported to the gate within this long.
+HANDOFF_REPORT_S = 0.2
 BUDGET_REACHED = "budget reached (run.max_cost): asked again on --resume with a larger budget"
 
 
@@ -73,13 +76,16 @@ class ApiBackend:
     _provider: ApiProvider | None = None
     _asking: list[tuple[tuple[int, int], asyncio.Future]] = field(default_factory=list)
     _asker: asyncio.Task | None = None
-    _settling: list[tuple[int, dict[str, float], str, dict[str, int]]] = field(
+    _settling: list[tuple[int, dict[str, float], str, dict[str, int], str]] = field(
         default_factory=list)
+    _handoff: bool = False  # the gate's last word: slots may go straight to our next request
+    _flush: asyncio.Handle | None = None
+    _urgent: bool = False
 
     def __getstate__(self) -> dict[str, Any]:
         """Travels to its actor without the event-loop state it builds there."""
         return {**self.__dict__, "_provider": None, "_asking": [], "_asker": None,
-                "_settling": []}
+                "_settling": [], "_handoff": False, "_flush": None, "_urgent": False}
 
     def bind(self, holder: str, life: str) -> None:
         """The actor that holds this backend, and its process: the gate frees the slots an
@@ -99,7 +105,7 @@ class ApiBackend:
         c = await self._provider.complete(req)
         cost = cost_usd(self.conf.price, c.prompt_tokens, c.completion_tokens,
                         c.cache_read_tokens, c.cache_write_tokens)
-        self._settle(grant, {
+        self._finished(grant, {
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "cache_read_tokens": c.cache_read_tokens,
             "cache_write_tokens": c.cache_write_tokens, "cost_usd": cost}, c.error, c.faults)
@@ -114,34 +120,63 @@ class ApiBackend:
             self._asker = asyncio.get_running_loop().create_task(self._ask())
         return await fut
 
+    def _next_waiting(self) -> asyncio.Future | None:
+        return next((fut for _, fut in self._asking if not fut.done()), None)
+
     async def _ask(self) -> None:
         await asyncio.sleep(0)  # let the rest of the batch join
-        while self._asking:
-            batch = list(self._asking)
+        while batch := [(size, fut) for size, fut in self._asking if not fut.done()]:
             try:
-                grants = await self.gate.acquire_many.remote(
+                grants, self._handoff = await self.gate.acquire_many.remote(
                     self.key_name, self.holder, self.life, [size for size, _ in batch])
             except Exception as exc:  # noqa: BLE001 - the waiting requests get the error
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
-                del self._asking[:len(batch)]
-                continue
+                grants = []
             for (_, fut), grant in zip(batch, grants, strict=False):
-                fut.set_result(grant)
-            del self._asking[:len(grants)]
+                if not fut.done():
+                    fut.set_result(grant)
+                elif grant is not None:  # a slot was handed to it meanwhile: pass this on
+                    if (nxt := self._next_waiting()) is not None:
+                        nxt.set_result(grant)
+                    else:
+                        self._settle((grant, {}, "", {}, "unused"))
+            self._asking = [(size, fut) for size, fut in self._asking if not fut.done()]
 
-    def _settle(self, grant: int, usage: dict[str, float], error: str,
-                faults: dict[str, int]) -> None:
-        """Told to the gate without waiting, gathered per turn of the event loop. The gate
-        counts the faults: it hears of every request, whether its answer is recorded or not."""
-        if not self._settling:
-            asyncio.get_running_loop().call_soon(self._send_settles)
-        self._settling.append((grant, usage, error, faults))
+    def _finished(self, grant: int, usage: dict[str, float], error: str,
+                  faults: dict[str, int]) -> None:
+        """A request ended: its slot goes straight to this actor's next waiting request when
+        the gate allows it (the gate hears of it a little later), else back to the gate. The
+        gate counts the faults: it hears of every request, whether its answer is recorded."""
+        nxt = self._next_waiting() if self._handoff else None
+        if nxt is not None:
+            nxt.set_result(grant)
+        self._settle((grant, usage, error, faults, "done" if nxt is None else "handed"))
+
+    def _settle(self, item: tuple[int, dict[str, float], str, dict[str, int], str]) -> None:
+        """Told to the gate without waiting for it: a freed slot within this turn of the
+        event loop (others may wait for it), a handed-on one within HANDOFF_REPORT_S."""
+        self._settling.append(item)
+        loop = asyncio.get_running_loop()
+        if item[4] != "handed" and not self._urgent:
+            self._urgent = True
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush = loop.call_soon(self._send_settles)
+        elif self._flush is None:
+            self._flush = loop.call_later(HANDOFF_REPORT_S, self._send_settles)
 
     def _send_settles(self) -> None:
         items, self._settling = self._settling, []
-        self.gate.settle_many.remote(self.key_name, items)
+        self._flush, self._urgent = None, False
+        if items:
+            reply = self.gate.settle_many.remote(self.key_name, self.holder, items)
+            asyncio.ensure_future(self._heard(reply))
+
+    async def _heard(self, reply: Any) -> None:
+        with contextlib.suppress(Exception):  # the gate restarting: its next reply tells
+            self._handoff = await reply
 
 
 @dataclass
