@@ -17,12 +17,14 @@ from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.util.metrics import Counter, Gauge
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from actors import logs
 from actors.config import ApiModel, Pipeline
 from actors.engine.gate import Gate
+from actors.engine.metrics import RunMetrics
 from actors.engine.pool import Pool
 from actors.engine.run_inputs import (
     api_keys,
@@ -71,7 +73,8 @@ def init_ray(cfg: Pipeline) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(),
-                 include_dashboard=False, **kwargs)
+                 include_dashboard=False, _metrics_export_port=cfg.ray.metrics_export_port,
+                 **kwargs)
 
 
 RESTARTABLE = {"max_restarts": 5, "max_task_retries": 0}
@@ -169,6 +172,9 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     stats: dict[str, Any] = {"tasks": tasks_before}
     watch = pool.watch.remote(tasks_before, WATCH_S)
     next_log = next_gate_look = time.time()
+    metrics = RunMetrics(Counter, Gauge, {"tasks": tasks_before, "stages": committed.counts,
+                                          "usage": committed.usage})
+    gstats: dict[str, Any] = {}
     try:
         while not flag.reason:
             now = time.time()
@@ -230,6 +236,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                     failure = f"models.{name}: provider unreachable or refusing: {why}"
                     log.error("provider_down", model=name, error=why)
                     flag.reason = "failed"
+            metrics.update(stats, gstats)
             if deadline and now > deadline:
                 flag.reason = flag.reason or "time_limit"
         log.info("stopping", reason=flag.reason)
@@ -250,6 +257,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
         final = {"tasks": state.committed.lines.get("dataset", 0),
                  "stages": state.committed.counts, "usage": state.committed.usage,
                  "pending": state.pending(), "pool": {}}
+    metrics.update(final, gate_stats)
     summary = run_summary(
         base, reason=flag.reason, failure=failure, stats=final, pending=final["pending"],
         timings={"started": started, "ended": time.time()}, tasks_before=tasks_before,
