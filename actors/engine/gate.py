@@ -155,11 +155,15 @@ class Gate:
         return grant
 
     def settle_batch(self, grant_id: int, cost_usd: float, answered: int,
-                     failed: dict[str, int], error: str = "") -> None:
-        """A batch ended (or its submission failed): what it cost, and how its items fared."""
+                     failed: dict[str, int], error: str = "",
+                     http_faults: dict[str, int] | None = None) -> None:
+        """A batch ended (or its submission failed): what it cost, how its items fared, and
+        the HTTP faults its calls met (the SDK retried them)."""
         if (held := self.batch_grants.pop(grant_id, None)) is None:
             return
         model, holder, worst = held
+        for kind, k in (http_faults or {}).items():
+            self.faults[model][kind] = self.faults[model].get(kind, 0) + k
         self.batches_out[model] -= 1
         self.budget.settle(worst, cost_usd)
         n = answered + sum(failed.values())

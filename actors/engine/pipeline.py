@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from actors import logs
 from actors.config import ApiModel, Pipeline
+from actors.engine.batcher import Batcher, batch_stages
 from actors.engine.gate import Gate
 from actors.engine.metrics import RunMetrics
 from actors.engine.pool import Pool
@@ -36,7 +37,7 @@ from actors.engine.run_inputs import (
 )
 from actors.engine.summary import fault_counts, request_errors, run_summary
 from actors.engine.supervisor import DIED, RAISED, RETURNED, UNAVAILABLE, Supervisor
-from actors.engine.usage import spent_usd
+from actors.engine.usage import saved_usd, spent_usd
 from actors.engine.workers import Classifier, Instancer, Proposer
 from actors.method.stages import Stages
 from actors.providers.client import client_for
@@ -140,9 +141,18 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     gate = pinned(Gate).remote(api, cfg.run.max_cost, spent_usd(committed.usage)) \
         if api else None
 
+    batcher = None
+    if batched := batch_stages(cfg):
+        batcher = ray.remote(num_cpus=0, max_restarts=3, max_concurrency=100_000,
+                             scheduling_strategy=here)(Batcher).remote(
+            cfg, str(out), gate, keys, {s: cache_prefixes(templates, s) for s in batched})
+        found = ray.get(batcher.start.remote())
+        if found:
+            log.info("batches_found", batches=found)
+
     def client(stage: str) -> Any:
         return client_for(cfg, stage, replicas, gate, keys, cache_path,
-                          cache_prefixes(templates, stage))
+                          cache_prefixes(templates, stage), batcher)
 
     pool = pinned(Pool).remote(cfg, seeds, target, stage_logic, str(out),
                                mirror.uri if mirror else None)
@@ -240,7 +250,8 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
             if deadline and now > deadline:
                 flag.reason = flag.reason or "time_limit"
         log.info("stopping", reason=flag.reason)
-        final = _shutdown(pool, workers, replicas, loops, log)
+        final = _shutdown(pool, workers, replicas, loops, log, batcher,
+                          cancel_batches=flag.reason == "target_reached")
     finally:
         bar.close()
         for s, handler in old.items():
@@ -250,6 +261,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                         **workers, **{f"{n}-replica-{i}": r for n, rs in replicas.items()
                                       for i, r in enumerate(rs)}})
     gate_stats = _informative(gate.stats) if gate is not None else {}
+    batch_stats = _informative(batcher.stats) if batcher is not None else {}
     if final is None:  # the pool could not finish: the files are the truth
         from actors.rundir.recovery import load_state
 
@@ -266,13 +278,16 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
         limits=gate_stats.get("models", {}),
         restarts={**sup.counted(), **({"pool": pool_restarts} if pool_restarts else {})},
         pool=final["pool"], cpu_s=cpu)
+    if batch_stats:
+        summary["batches"] = batch_stats
     write_run_json(out, summary)
     if mirror:
         mirror.publish(out)  # dataset.jsonl, run.json, ... beside the segments
     log.info("run_end", status=summary["status"], tasks=summary["tasks"],
              pending=summary["pending"], wall_s=summary["timings"]["wall_s"])
     for handle in [*workers.values(), pool, *[r for rs in replicas.values() for r in rs],
-                   *([gate] if gate is not None else [])]:
+                   *([gate] if gate is not None else []),
+                   *([batcher] if batcher is not None else [])]:
         ray.kill(handle)
     return summary
 
@@ -285,6 +300,8 @@ def _show(bar: Any, stats: dict[str, Any], started: float, api: bool) -> None:
     bar.set_postfix(rejected=rejected, per_min=f"{rate:.1f}",
                     **({"request_errors": errors} if errors else {}),
                     **({"cost": f"${spent_usd(stats['usage']):.4f}"} if api else {}),
+                    **({"batch_saved": f"${saved:.4f}"}
+                       if (saved := saved_usd(stats["usage"])) else {}),
                     refresh=False)
     bar.update(0)
 
@@ -309,7 +326,8 @@ def _cpu_seconds(handles: dict[str, Any]) -> dict[str, float]:
 
 
 def _shutdown(pool: Any, workers: dict[str, Any], replicas: dict[str, list[Any]],
-              loops: dict[str, Any], log: Any, grace_s: float = 60.0) -> dict[str, Any] | None:
+              loops: dict[str, Any], log: Any, batcher: Any = None,
+              cancel_batches: bool = False, grace_s: float = 60.0) -> dict[str, Any] | None:
     """Stop handing out work; what is under way finishes (an embedded-model request still
     waiting is answered 'cancelled' and stays pending) and is written; undone work stays
     pending in the run directory for --resume. None if the pool could not finish."""
@@ -317,6 +335,10 @@ def _shutdown(pool: Any, workers: dict[str, Any], replicas: dict[str, list[Any]]
     for r in (r for rs in replicas.values() for r in rs):
         for stage in ("propose", "classify", "instances"):
             r.cancel_pending.remote(stage)
+    if batcher is not None:
+        with contextlib.suppress(Exception):  # a lost batcher's batches are in batches.jsonl
+            log.info("batches_stopped", **ray.get(batcher.stop.remote(cancel_batches),
+                                                  timeout=grace_s))
     rest = list(loops.values())
     ray.wait(rest, num_returns=len(rest), timeout=grace_s)
     try:

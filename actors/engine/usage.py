@@ -45,3 +45,8 @@ def summarize(usage: dict[str, dict[str, Any]], prices: dict[str, Price]) -> dic
 
 def spent_usd(usage: dict[str, dict[str, Any]]) -> float:
     return sum(u.get("cost_usd", 0.0) for u in usage.values())
+
+
+def saved_usd(usage: dict[str, dict[str, Any]]) -> float:
+    """What provider batches saved against the online price."""
+    return sum(u.get("batch_saved_usd", 0.0) for u in usage.values())
