@@ -154,3 +154,58 @@ def test_the_log_keeps_submitted_batches_and_how_they_ended(tmp_path):
     assert found["b1"]["status"] == "ended" and found["b2"]["status"] == ""
     assert found["b2"]["ids"] == ["c"]
     assert read_batches(tmp_path / "nothing-here") == {}
+
+
+def _gate(max_cost: float | None = None, in_progress: int = 1):
+    from actors.config import ApiModel
+    from actors.engine.gate import Gate
+
+    conf = ApiModel(provider="anthropic", model="m",
+                    batches=ModelBatches(max_batches_in_progress=in_progress))
+    return Gate({"m": conf}, max_cost)
+
+
+def test_the_gate_holds_batches_in_progress_and_the_budget_counts_a_batch_s_worst_case():
+    import asyncio
+
+    async def scenario():
+        gate = _gate(max_cost=1.0, in_progress=1)
+        first = await gate.acquire_batch("m", "batcher", "life", 0.6)
+        waiting = asyncio.ensure_future(gate.acquire_batch("m", "batcher", "life", 0.3))
+        await asyncio.sleep(0.05)
+        assert first is not None and not waiting.done()   # one batch in progress at most
+        gate.settle_batch(first, 0.2, answered=3, failed={"expired": 1},
+                          http_faults={"http_500": 2})
+        second = await asyncio.wait_for(waiting, 2)
+        assert second is not None
+        stats = gate.stats()
+        assert stats["models"]["m"]["faults"] == {"batch_expired": 1, "http_500": 2}
+        assert stats["models"]["m"]["requests"] == 4
+        assert stats["budget"]["spent_usd"] == 0.2 and stats["budget"]["reserved_usd"] == 0.3
+        # A batch an earlier life submitted is counted at once, whatever is in progress.
+        assert await asyncio.wait_for(gate.acquire_batch("m", "batcher", "life", 0.0, True),
+                                      1) is not None
+        # With room for batches: after 0.2 spent, a worst case of 0.9 can never fit; one of
+        # 0.6 fits once the batch holding 0.3 has settled.
+        gate.models["m"].batches.max_batches_in_progress = 5
+        assert await asyncio.wait_for(gate.acquire_batch("m", "batcher", "life", 0.9),
+                                      1) is None
+        later = asyncio.ensure_future(gate.acquire_batch("m", "batcher", "life", 0.6))
+        await asyncio.sleep(0.05)
+        assert not later.done()
+        gate.settle_batch(second, 0.1, answered=1, failed={})
+        assert await asyncio.wait_for(later, 2) is not None
+
+    asyncio.run(scenario())
+
+
+def test_a_new_life_of_the_batcher_frees_what_the_old_one_held():
+    import asyncio
+
+    async def scenario():
+        gate = _gate(in_progress=1)
+        await gate.acquire_batch("m", "batcher", "life-1", 0.0)
+        # The restarted batcher re-registers the batch from batches.jsonl; a new batch fits.
+        return await asyncio.wait_for(gate.acquire_batch("m", "batcher", "life-2", 0.0), 1)
+
+    assert asyncio.run(scenario()) is not None
