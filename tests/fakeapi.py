@@ -15,6 +15,12 @@ held for a fixed latency cost next to nothing.
 Either form is controlled over HTTP: POST /_control, POST /_inject, GET /_stats, POST /_reset.
 Answers are a function of (seed, prompt), so they do not depend on arrival order; faults are
 drawn in arrival order from a generator seeded by `seed`.
+
+Both batch APIs are spoken too: Anthropic's Message Batches and OpenAI's file upload, Batch and
+output file. A batch ends `batch_delay` seconds after it is created; its items are then
+answered as online requests are, except the fractions `batch_error_rate` (errored) and
+`batch_expire_rate` (left unprocessed: the batch expired), drawn in order from a generator of
+their own seeded by `seed`. A batch cancelled before it ends has all its items cancelled.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -67,6 +74,9 @@ class Options:
     rpm: int | None = None
     seed: int = 0
     alpaca: str | None = None
+    batch_delay: float = 0.2  # seconds from a batch's creation to its end
+    batch_error_rate: float = 0.0  # fraction of a batch's items that come back errored
+    batch_expire_rate: float = 0.0  # fraction left unprocessed: the batch expires
 
     def update(self, **changes: Any) -> None:
         unknown = changes.keys() - {f.name for f in fields(self)}
@@ -87,7 +97,7 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "seed":
         return int(value)
     number = float(value)
-    if not 0 <= number <= (1 if name == "fault_rate" else math.inf):
+    if not 0 <= number <= (1 if name.endswith("_rate") else math.inf):
         raise ValueError(f"{name} out of range: {value!r}")
     return number
 
@@ -468,22 +478,193 @@ _ERRORS = {  # kind: (OpenAI type, OpenAI code, Anthropic type)
     "rate_limit": ("requests", "rate_limit_exceeded", "rate_limit_error"),
     "server": ("server_error", None, "api_error"),
     "invalid": ("invalid_request_error", None, "invalid_request_error"),
+    "not_found": ("invalid_request_error", None, "not_found_error"),
 }
+
+
+def error_body(api: str, kind: str, message: str) -> dict[str, Any]:
+    openai_type, code, anthropic_type = _ERRORS[kind]
+    if api == "anthropic":
+        return {"type": "error", "error": {"type": anthropic_type, "message": message}}
+    return {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
 
 
 def error_response(api: str, status: int, kind: str, message: str,
                    headers: dict[str, str] | None = None) -> web.Response:
-    openai_type, code, anthropic_type = _ERRORS[kind]
-    if api == "anthropic":
-        body: dict[str, Any] = {
-            "type": "error", "error": {"type": anthropic_type, "message": message}}
-    else:
-        body = {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(error_body(api, kind, message), status=status, headers=headers)
 
 
 def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# ---------------------------------------------------------------------------------- batches
+
+
+BATCH_ENDPOINTS = {"/v1/chat/completions": openai_chat_call,
+                   "/v1/completions": openai_completion_call}
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+UNPROCESSED = {  # kind: (OpenAI error code, message)
+    "expired": ("batch_expired",
+                "This request could not be executed before the completion window expired."),
+    "cancelled": ("batch_cancelled", "The batch was cancelled before this request executed."),
+}
+
+
+@dataclass
+class Batch:
+    """One batch of either API: its requests, when it ends and, once ended, each outcome."""
+
+    id: str
+    api: str  # "anthropic" or "openai"
+    requests: list[tuple[str, Any]]  # (custom id, the request's body)
+    created: float
+    ends: float  # its deadline: the items are answered (or expire) then
+    endpoint: str = ""  # OpenAI's, with its input file and metadata
+    input_file_id: str = ""
+    metadata: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)  # OpenAI: validation failed
+    cancel_at: float | None = None
+    ended: float | None = None
+    # custom id: (succeeded | errored | expired | cancelled, the answer or (status, error body))
+    outcomes: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+    def counts(self) -> Counter[str]:
+        return Counter(kind for kind, _ in self.outcomes.values())
+
+    def end(self) -> str:
+        """How it ended: cancelled, expired (some items never ran) or completed."""
+        counts = self.counts()
+        return ("cancelled" if self.cancel_at is not None
+                else "expired" if counts["expired"] else "completed")
+
+
+@dataclass
+class StoredFile:
+    id: str
+    data: bytes
+    filename: str
+    purpose: str
+    created: float
+
+
+def _rfc3339(t: float | None) -> str | None:
+    return None if t is None else (
+        datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z"))
+
+
+def _unix(t: float | None) -> int | None:
+    return None if t is None else int(t)
+
+
+def anthropic_batch_view(b: Batch, base_url: str) -> dict[str, Any]:
+    """A MessageBatch."""
+    counts, ended = b.counts(), b.ended is not None
+    status = "ended" if ended else "in_progress" if b.cancel_at is None else "canceling"
+    return {
+        "id": b.id, "type": "message_batch", "processing_status": status,
+        "request_counts": {"processing": 0 if ended else len(b.requests),
+                           "succeeded": counts["succeeded"], "errored": counts["errored"],
+                           "canceled": counts["cancelled"], "expired": counts["expired"]},
+        "created_at": _rfc3339(b.created), "expires_at": _rfc3339(b.ends),
+        "ended_at": _rfc3339(b.ended), "cancel_initiated_at": _rfc3339(b.cancel_at),
+        "archived_at": None,
+        "results_url": f"{base_url}/v1/messages/batches/{b.id}/results" if ended else None,
+    }
+
+
+def anthropic_result_line(custom_id: str, kind: str, body: Any) -> dict[str, Any]:
+    """A MessageBatchIndividualResponse: one line of the results."""
+    if kind == "succeeded":
+        result = {"type": "succeeded", "message": body}
+    elif kind == "errored":
+        result = {"type": "errored", "error": body[1]}
+    else:
+        result = {"type": "canceled" if kind == "cancelled" else kind}
+    return {"custom_id": custom_id, "result": result}
+
+
+def openai_batch_view(b: Batch) -> dict[str, Any]:
+    """An OpenAI Batch."""
+    counts, ended = b.counts(), b.ended
+    if b.errors:
+        status = "failed"
+    elif ended is not None:
+        status = b.end()
+    else:
+        status = "in_progress" if b.cancel_at is None else "cancelling"
+    return {
+        "id": b.id, "object": "batch", "endpoint": b.endpoint,
+        "errors": {"object": "list", "data": b.errors} if b.errors else None,
+        "input_file_id": b.input_file_id, "completion_window": "24h", "status": status,
+        "output_file_id": b.output_file_id, "error_file_id": b.error_file_id,
+        "created_at": _unix(b.created), "expires_at": _unix(b.ends),
+        "in_progress_at": None if b.errors else _unix(b.created),
+        "failed_at": _unix(b.created) if b.errors else None,
+        "finalizing_at": _unix(ended), "cancelling_at": _unix(b.cancel_at),
+        "completed_at": _unix(ended) if status == "completed" else None,
+        "expired_at": _unix(ended) if status == "expired" else None,
+        "cancelled_at": _unix(ended) if status == "cancelled" else None,
+        "request_counts": {"total": len(b.requests), "completed": counts["succeeded"],
+                           "failed": counts["errored"]},
+        "metadata": b.metadata,
+    }
+
+
+def openai_output_line(custom_id: str, kind: str, body: Any) -> dict[str, Any]:
+    """One line of an output file (an answer) or of an error file (anything else)."""
+    line: dict[str, Any] = {"id": _new_id("batch_req_"), "custom_id": custom_id,
+                            "response": None, "error": None}
+    if kind in UNPROCESSED:
+        code, message = UNPROCESSED[kind]
+        line["error"] = {"code": code, "message": message}
+    else:
+        status, answer = (200, body) if kind == "succeeded" else body
+        line["response"] = {"status_code": status, "request_id": _new_id("req_"),
+                            "body": answer}
+    return line
+
+
+def file_view(f: StoredFile) -> dict[str, Any]:
+    """A FileObject."""
+    return {"id": f.id, "object": "file", "bytes": len(f.data), "created_at": int(f.created),
+            "filename": f.filename, "purpose": f.purpose, "status": "processed"}
+
+
+def openai_input(data: bytes, endpoint: str) -> tuple[list[tuple[str, Any]],
+                                                       list[dict[str, Any]]]:
+    """(requests, validation errors) of an input file, as OpenAI checks it before running."""
+    requests: list[tuple[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(data.splitlines(), 1):
+        try:
+            line = json.loads(raw)
+            problem = ("custom_id must be a string" if not isinstance(line["custom_id"], str)
+                       else "duplicate custom_id" if line["custom_id"] in seen
+                       else "method must be POST" if line["method"] != "POST"
+                       else f"url must be the batch's endpoint {endpoint}"
+                       if line["url"] != endpoint
+                       else "body must be an object" if not isinstance(line["body"], dict)
+                       else "")
+        except (ValueError, KeyError, TypeError) as exc:
+            problem = f"not a request line: {exc}"
+        if problem:
+            errors.append({"code": "invalid_request", "message": f"line {n}: {problem}",
+                           "param": None, "line": n})
+            continue
+        seen.add(line["custom_id"])
+        requests.append((line["custom_id"], line["body"]))
+    if not requests and not errors:
+        errors.append({"code": "empty_file", "message": "the input file has no requests",
+                       "param": None, "line": None})
+    return requests, errors
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
 # ---------------------------------------------------------------------------------- server
@@ -509,6 +690,7 @@ class FakeAPI:
         self.options = changed
         if "seed" in options:
             self._fault_rng = random.Random(changed.seed)
+            self._batch_rng = random.Random(f"{changed.seed}\0batch")
         return asdict(self.options)
 
     def inject(self, kind: str, count: int = 1) -> None:
@@ -519,8 +701,12 @@ class FakeAPI:
             self._injected.append([kind, int(count)])
 
     def reset(self) -> None:
-        """Zero the statistics, the fault queue, the rpm window and the prompt cache."""
+        """Zero the statistics, the fault queue, the rpm window and the prompt cache; forget
+        the batches and files."""
         self._fault_rng = random.Random(self.options.seed)
+        self._batch_rng = random.Random(f"{self.options.seed}\0batch")
+        self._batches: dict[str, Batch] = {}
+        self._files: dict[str, StoredFile] = {}
         self._injected: deque[list[Any]] = deque()
         self._window: deque[float] = deque()
         self._cache: set[str] = set()
@@ -530,6 +716,11 @@ class FakeAPI:
             "arrivals_by_path": {},
             "prompt_tokens": 0, "completion_tokens": 0, "cache_read_tokens": 0,
             "cache_write_tokens": 0,
+            # batches created per API, their items, each custom id's submissions, the items'
+            # outcomes, batch retrieves (polls) and cancels, each batch's body or file size
+            "batches": Counter(), "batch_items": 0, "batch_submissions": Counter(),
+            "batch_outcomes": Counter(), "batch_polls": 0, "batch_cancels": 0,
+            "batch_bytes": [],
         }
 
     def stats(self) -> dict[str, Any]:
@@ -542,6 +733,18 @@ class FakeAPI:
             web.post("/v1/completions", self._route("openai", openai_completion_call)),
             web.post("/v1/messages", self._route("anthropic", anthropic_call)),
             web.get("/v1/models", self._models),
+            web.post("/v1/messages/batches", self._anthropic_create),
+            web.get("/v1/messages/batches", self._batch_list),
+            web.get("/v1/messages/batches/{id}", self._batch_get),
+            web.get("/v1/messages/batches/{id}/results", self._anthropic_results),
+            web.post("/v1/messages/batches/{id}/cancel", self._batch_cancel),
+            web.post("/v1/files", self._file_upload),
+            web.get("/v1/files/{id}", self._file_get),
+            web.get("/v1/files/{id}/content", self._file_content),
+            web.post("/v1/batches", self._openai_create),
+            web.get("/v1/batches", self._batch_list),
+            web.get("/v1/batches/{id}", self._batch_get),
+            web.post("/v1/batches/{id}/cancel", self._batch_cancel),
             web.post("/_control", self._control),
             web.post("/_inject", self._inject),
             web.get("/_stats", self._stats_view),
@@ -572,12 +775,11 @@ class FakeAPI:
 
     async def _answer(self, request: web.Request, api: str,
                       parse: Callable[[dict[str, Any]], Call]) -> web.Response:
+        raw = await request.read()
         try:
-            call = parse(await request.json())
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            self._stats["bad_requests"] += 1
-            return error_response(api, 400, "invalid", f"invalid request: {exc}")
-        self._stats["by_stage"][stage_of(detect(call.prompts[0]))] += 1
+            call = self._read(parse, lambda: json.loads(raw))
+        except ValueError as exc:
+            return error_response(api, 400, "invalid", str(exc))
         fault, wait = self._pick_fault()
         if fault in ("429", "rpm_429"):
             return error_response(api, 429, "rate_limit", "Rate limit reached; try again later.",
@@ -587,7 +789,20 @@ class FakeAPI:
         await self._latency()
         if fault == "500":
             return error_response(api, 500, "server", "The server had an error (injected).")
+        if fault is None:
+            self._stats["ok"] += 1
         return web.json_response(self._respond(api, call, fault))
+
+    def _read(self, parse: Callable[[dict[str, Any]], Call], body: Callable[[], Any]) -> Call:
+        """The request in `body()`, counted by stage; one that is not a request is counted and
+        refused (ValueError)."""
+        try:
+            call = parse(body())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._stats["bad_requests"] += 1
+            raise ValueError(f"invalid request: {exc}") from None
+        self._stats["by_stage"][stage_of(detect(call.prompts[0]))] += 1
+        return call
 
     def _pick_fault(self) -> tuple[str | None, float]:
         """(kind or None, retry-after seconds): the rpm limit, then injected, then random."""
@@ -621,8 +836,6 @@ class FakeAPI:
 
     def _respond(self, api: str, call: Call, fault: str | None) -> dict[str, Any]:
         answers = [self._finish(call, prompt, fault) for prompt in call.prompts]
-        if fault is None:
-            self._stats["ok"] += 1
         if api == "anthropic":
             cached = self._cache_usage(call)
             body = anthropic_body(call, answers[0], cached)
@@ -660,6 +873,163 @@ class FakeAPI:
         s["cache_read_tokens"] += read
         s["cache_write_tokens"] += write
 
+    # -- batches
+
+    async def _anthropic_create(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            items = [(r["custom_id"], r["params"]) for r in json.loads(raw)["requests"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _refused("anthropic", 400, "invalid", f"invalid request: {exc}") from None
+        ids = [cid for cid, _ in items]
+        if (not ids or len(set(ids)) < len(ids)
+                or not all(isinstance(c, str) and CUSTOM_ID.fullmatch(c) for c in ids)):
+            raise _refused("anthropic", 400, "invalid", "requests: at least one, each with a "
+                           "unique custom_id matching ^[a-zA-Z0-9_-]{1,64}$")
+        return web.json_response(self._view(self._create("anthropic", items, len(raw)),
+                                            request))
+
+    async def _openai_create(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read())
+            endpoint, file_id = body["endpoint"], body["input_file_id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _refused("openai", 400, "invalid", f"invalid request: {exc}") from None
+        if endpoint not in BATCH_ENDPOINTS or body.get("completion_window") != "24h":
+            raise _refused("openai", 400, "invalid", f"endpoint must be one of "
+                           f"{sorted(BATCH_ENDPOINTS)} and completion_window 24h")
+        if file_id not in self._files:
+            raise _refused("openai", 404, "not_found", f"no file {file_id}")
+        data = self._files[file_id].data
+        items, errors = openai_input(data, endpoint)
+        return web.json_response(self._view(self._create(
+            "openai", items, len(data), endpoint=endpoint, input_file_id=file_id,
+            metadata=body.get("metadata"), errors=errors), request))
+
+    def _create(self, api: str, items: list[tuple[str, Any]], size: int, **more: Any) -> Batch:
+        now = time.time()
+        batch = Batch(_new_id("msgbatch_" if api == "anthropic" else "batch_"), api, items, now,
+                      now + self.options.batch_delay, **more)
+        self._batches[batch.id] = batch
+        s = self._stats
+        s["batches"][api] += 1
+        s["batch_items"] += len(items)
+        s["batch_submissions"].update(cid for cid, _ in items)
+        s["batch_bytes"].append(size)
+        return batch
+
+    async def _batch_get(self, request: web.Request) -> web.Response:
+        self._stats["batch_polls"] += 1
+        return web.json_response(self._view(self._settled(request), request))
+
+    async def _batch_cancel(self, request: web.Request) -> web.Response:
+        """Asks to cancel: the batch shows cancelling now and has ended, with every item
+        cancelled, at the next look (an ended batch stays as it ended)."""
+        self._stats["batch_cancels"] += 1
+        batch = self._settled(request)
+        if batch.ended is None and not batch.errors and batch.cancel_at is None:
+            batch.cancel_at = time.time()
+        return web.json_response(self._view(batch, request))
+
+    async def _batch_list(self, request: web.Request) -> web.Response:
+        api = _api_of(request.path)
+        found = [b for b in reversed(self._batches.values()) if b.api == api]
+        for batch in found:
+            self._settle(batch)
+        data = [self._view(b, request) for b in found]
+        return web.json_response({"object": "list", "data": data, "has_more": False,
+                                  "first_id": data[0]["id"] if data else None,
+                                  "last_id": data[-1]["id"] if data else None})
+
+    async def _anthropic_results(self, request: web.Request) -> web.Response:
+        batch = self._settled(request)
+        if batch.ended is None:
+            raise _refused("anthropic", 400, "invalid",
+                           f"batch {batch.id} has not ended: its results come when it has")
+        lines = [anthropic_result_line(cid, *batch.outcomes[cid]) for cid, _ in batch.requests]
+        return web.Response(body=jsonl(lines), content_type="application/binary")
+
+    async def _file_upload(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("file")
+        if not isinstance(upload, web.FileField):
+            raise _refused("openai", 400, "invalid", "file: a multipart file is required")
+        stored = self._store(upload.file.read(), upload.filename, str(form.get("purpose")))
+        return web.json_response(file_view(stored))
+
+    async def _file_get(self, request: web.Request) -> web.Response:
+        return web.json_response(file_view(self._file(request)))
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._file(request).data, content_type="application/binary")
+
+    def _file(self, request: web.Request) -> StoredFile:
+        found = self._files.get(request.match_info["id"])
+        if found is None:
+            raise _refused("openai", 404, "not_found", f"no file {request.match_info['id']}")
+        return found
+
+    def _store(self, data: bytes, filename: str, purpose: str) -> StoredFile:
+        stored = StoredFile(_new_id("file-"), data, filename, purpose, time.time())
+        self._files[stored.id] = stored
+        return stored
+
+    def _view(self, batch: Batch, request: web.Request) -> dict[str, Any]:
+        if batch.api == "anthropic":
+            return anthropic_batch_view(batch, str(request.url.origin()))
+        return openai_batch_view(batch)
+
+    def _settled(self, request: web.Request) -> Batch:
+        """The batch the path names, of the path's API, brought up to date."""
+        api, batch_id = _api_of(request.path), request.match_info["id"]
+        batch = self._batches.get(batch_id)
+        if batch is None or batch.api != api:
+            raise _refused(api, 404, "not_found", f"no batch {batch_id}")
+        self._settle(batch)
+        return batch
+
+    def _settle(self, batch: Batch) -> None:
+        """Ends a batch whose deadline has passed or whose cancel was asked: each item's
+        outcome, and OpenAI's output and error files."""
+        now = time.time()
+        if batch.ended is not None or batch.errors or (batch.cancel_at is None
+                                                       and now < batch.ends):
+            return
+        for cid, body in batch.requests:
+            batch.outcomes[cid] = (("cancelled", None) if batch.cancel_at is not None
+                                   else self._process(batch, body))
+        batch.ended = now
+        self._stats["batch_outcomes"].update(kind for kind, _ in batch.outcomes.values())
+        if batch.api == "anthropic":
+            return
+        lines: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+        for cid, _ in batch.requests:
+            kind, body = batch.outcomes[cid]
+            lines[kind == "succeeded"].append(openai_output_line(cid, kind, body))
+        if lines[True]:
+            batch.output_file_id = self._store(jsonl(lines[True]), f"{batch.id}_output.jsonl",
+                                               "batch_output").id
+        if lines[False]:
+            batch.error_file_id = self._store(jsonl(lines[False]), f"{batch.id}_error.jsonl",
+                                              "batch_output").id
+
+    def _process(self, batch: Batch, body: Any) -> tuple[str, Any]:
+        """One item's outcome at its batch's end: expired or errored at the configured rates,
+        else answered exactly as the same online request."""
+        expired = self._batch_rng.random() < self.options.batch_expire_rate
+        errored = self._batch_rng.random() < self.options.batch_error_rate
+        if expired:
+            return "expired", None
+        if errored:
+            return "errored", (500, error_body(batch.api, "server",
+                                               "The server had an error (injected)."))
+        parse = anthropic_call if batch.api == "anthropic" else BATCH_ENDPOINTS[batch.endpoint]
+        try:
+            call = self._read(parse, lambda: body)
+        except ValueError as exc:
+            return "errored", (400, error_body(batch.api, "invalid", str(exc)))
+        return "succeeded", self._respond(batch.api, call, None)
+
     # -- the rest
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -690,6 +1060,17 @@ class FakeAPI:
         except (ValueError, KeyError, TypeError, OSError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True, "options": result or asdict(self.options)})
+
+
+def _api_of(path: str) -> str:
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
+
+
+def _refused(api: str, status: int, kind: str, message: str) -> web.HTTPException:
+    """An error answer to raise from a handler, in the API's format."""
+    error = web.HTTPNotFound if status == 404 else web.HTTPBadRequest
+    return error(text=json.dumps(error_body(api, kind, message)),
+                 content_type="application/json")
 
 
 async def start(api: FakeAPI, port: int = 0) -> tuple[web.AppRunner, str]:

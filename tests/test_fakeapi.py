@@ -284,6 +284,54 @@ def test_control_checks_options_and_reset_keeps_them(api: Handle) -> None:
     assert api.control()["latency"] == 0.01
 
 
+def test_batch_apis_in_the_sdks(api: Handle) -> None:
+    """Both batch APIs as the SDKs read them: create, list, retrieve until ended, results
+    (Anthropic's at the absolute results_url; OpenAI's in an output file), in order."""
+    message = {"model": "m", "max_tokens": 50,
+               "messages": [{"role": "user", "content": "Hello there"}]}
+    with pytest.raises(ValueError):
+        api.control(batch_error_rate=1.5)
+    client = claude(api, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.create(requests=[{"custom_id": "no spaces", "params": message}])
+    created = client.messages.batches.create(
+        requests=[{"custom_id": f"r{i}", "params": message} for i in range(3)])
+    assert created.processing_status == "in_progress" and created.request_counts.processing == 3
+    assert [b.id for b in client.messages.batches.list()] == [created.id]
+    time.sleep(0.25)  # the default batch_delay is 0.2 s
+    ended = client.messages.batches.retrieve(created.id)
+    assert ended.processing_status == "ended" and ended.request_counts.succeeded == 3
+    assert ended.results_url == f"{api.url}/v1/messages/batches/{created.id}/results"
+    results = list(client.messages.batches.results(created.id))
+    assert [r.custom_id for r in results] == ["r0", "r1", "r2"]
+    assert all(r.result.type == "succeeded" and r.result.message.content[0].text
+               for r in results)
+
+    openai_client = oai(api, max_retries=0)
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "m", "prompt": f"Prompt {i}."}} for i in range(2)]
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    upload = openai_client.files.create(file=("in.jsonl", data), purpose="batch")
+    assert openai_client.files.retrieve(upload.id).bytes == len(data)
+    batch = openai_client.batches.create(input_file_id=upload.id, endpoint="/v1/completions",
+                                         completion_window="24h", metadata={"run": "x"})
+    assert batch.status == "in_progress" and batch.metadata == {"run": "x"}
+    assert [b.id for b in openai_client.batches.list()] == [batch.id]
+    time.sleep(0.25)
+    done = openai_client.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 2
+    assert done.error_file_id is None
+    output = openai_client.files.content(done.output_file_id).content.splitlines()
+    answers = [json.loads(line) for line in output]
+    assert [a["custom_id"] for a in answers] == ["q0", "q1"]
+    assert all(a["response"]["status_code"] == 200
+               and a["response"]["body"]["choices"][0]["text"] for a in answers)
+    stats = api.stats()
+    assert stats["batches"] == {"anthropic": 1, "openai": 1} and stats["batch_items"] == 5
+    assert stats["by_stage"] == {"other": 5} and stats["requests"] == 0
+    assert stats["batch_submissions"] == dict.fromkeys(["r0", "r1", "r2", "q0", "q1"], 1)
+
+
 def test_secrets_are_not_echoed(api: Handle) -> None:
     key = "sk-do-not-echo-1234"
     client = openai.OpenAI(base_url=api.url + "/v1", api_key=key, max_retries=0)

@@ -11,11 +11,12 @@ The request-shaping functions are pure and unit-tested; the provider classes are
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import email.utils
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx2
@@ -131,6 +132,100 @@ def anthropic_messages(prompt: str | list[dict[str, str]], cache: bool,
     return system, turns
 
 
+@contextlib.contextmanager
+def counting_faults() -> Iterator[dict[str, int]]:
+    """The HTTP faults met inside the block by this asyncio task (the SDK's retries run in
+    it), by kind, as WatchingTransport sees them."""
+    faults: dict[str, int] = {}
+    token = _FAULTS.set(faults)
+    try:
+        yield faults
+    finally:
+        _FAULTS.reset(token)
+
+
+def watched_http(conf: ApiModel, on_throttle: Callable[[float | None], None]) -> httpx2.AsyncClient:
+    """The HTTP client under an SDK client: every attempt is watched, so its faults are counted
+    and a 429 reaches `on_throttle`."""
+    return httpx2.AsyncClient(
+        transport=WatchingTransport(on_throttle, limits=httpx2.Limits(
+            max_connections=conf.limits.max_in_flight + 8,
+            max_keepalive_connections=conf.limits.max_in_flight + 8)),
+        timeout=conf.timeout_s, follow_redirects=True)
+
+
+def sdk_client(conf: ApiModel, api_key: Secret | None, http: httpx2.AsyncClient) -> Any:
+    """The provider's async SDK client over `http`, with the model's retries and timeout."""
+    key = api_key.reveal() if api_key else None
+    if conf.provider == "anthropic":
+        import anthropic
+
+        return anthropic.AsyncAnthropic(
+            api_key=key, base_url=conf.base_url, timeout=conf.timeout_s,
+            max_retries=conf.max_retries, http_client=http)
+    import openai
+
+    return openai.AsyncOpenAI(
+        api_key=key or "not-needed", base_url=conf.base_url, timeout=conf.timeout_s,
+        max_retries=conf.max_retries, http_client=http)
+
+
+def openai_body(conf: ApiModel, req: Request) -> tuple[str, dict[str, Any]]:
+    """(path under /v1, body) of the request as the API takes it: chat or completions by the
+    prompt's form. The online call and a batch item send exactly this."""
+    body = {"model": conf.model, "max_tokens": req.max_tokens,
+            **openai_params(req, set(conf.drop_params))}
+    if req.mode == "chat":
+        return "/chat/completions", {**body, "messages": req.prompt}
+    return "/completions", {**body, "prompt": req.prompt}
+
+
+def openai_completion(r: Any, label: str, latency_s: float) -> Completion:
+    """A ChatCompletion or a (text) Completion of the SDK, read into ours."""
+    choice = r.choices[0]
+    message = getattr(choice, "message", None)
+    text = (message.content if message is not None else choice.text) or ""
+    finish = choice.finish_reason or "stop"
+    usage = r.usage
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
+    return Completion(
+        text=text, finish_reason="length" if finish == "length" else "stop",
+        model=label, prompt_tokens=(usage.prompt_tokens if usage else 0) - cached,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        cache_read_tokens=cached, latency_s=latency_s)
+
+
+def anthropic_local_stops(conf: ApiModel, stops: tuple[str, ...]) -> tuple[str, ...]:
+    """The stop sequences the Messages API refuses (whitespace alone), so never sent: an
+    answer is cut at them when it is read."""
+    return () if "stop" in conf.drop_params else tuple(s for s in stops if not s.strip())
+
+
+def anthropic_body(conf: ApiModel, req: Request, prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """The Messages API body of the request, with its cache breakpoint. The online call and a
+    batch item's `params` are exactly this."""
+    system, messages = anthropic_messages(req.prompt, conf.prompt_cache, prefixes)
+    sendable = ([s for s in req.stop if s.strip()] if "stop" not in conf.drop_params else [])
+    return {"model": conf.model, "max_tokens": req.max_tokens, "messages": messages,
+            **({"system": system} if system else {}),
+            **({"stop_sequences": sendable} if sendable else {})}
+
+
+def anthropic_completion(message: Any, stops: tuple[str, ...], conf: ApiModel,
+                         latency_s: float) -> Completion:
+    """An SDK Message read into ours, cut at the request's `stops` the API was not sent."""
+    text = "".join(getattr(b, "text", "") for b in message.content)
+    text, stopped_here = apply_stops(text, stops if "stop" not in conf.drop_params else ())
+    truncated = message.stop_reason == "max_tokens" and not stopped_here
+    u = message.usage
+    return Completion(
+        text=text, finish_reason="length" if truncated else "stop", model=conf.label,
+        prompt_tokens=u.input_tokens, completion_tokens=u.output_tokens,
+        cache_read_tokens=u.cache_read_input_tokens or 0,
+        cache_write_tokens=u.cache_creation_input_tokens or 0, latency_s=latency_s)
+
+
 def error_completion(model: str, exc: Exception, start: float) -> Completion:
     """A request that failed after the SDK's retries: recorded, never raised into the stage.
     The message is the SDK's (status and body), which never includes the key."""
@@ -140,32 +235,25 @@ def error_completion(model: str, exc: Exception, start: float) -> Completion:
 
 
 class ApiProvider:
-    """What the OpenAI and Anthropic providers share: the key, the watched transport, faults."""
+    """What the OpenAI and Anthropic providers share: the SDK client over the watched
+    transport, and the faults of each request."""
 
     def __init__(self, conf: ApiModel, api_key: Secret | None,
                  on_throttle: Callable[[float | None], None],
                  prefixes: tuple[str, ...] = ()) -> None:
         self.conf = conf
         self.label = conf.label
-        self.drop = set(conf.drop_params)
         self.prefixes = prefixes
-        self.key = api_key.reveal() if api_key else None
-        self.http = httpx2.AsyncClient(
-            transport=WatchingTransport(on_throttle, limits=httpx2.Limits(
-                max_connections=conf.limits.max_in_flight + 8,
-                max_keepalive_connections=conf.limits.max_in_flight + 8)),
-            timeout=conf.timeout_s, follow_redirects=True)
+        self.http = watched_http(conf, on_throttle)
+        self.client = sdk_client(conf, api_key, self.http)
 
     async def complete(self, req: Request) -> Completion:
-        faults: dict[str, int] = {}
-        token = _FAULTS.set(faults)
         start = time.perf_counter()
-        try:
-            c = await self._call(req, start)
-        except Exception as exc:  # noqa: BLE001 - every SDK error becomes a recorded answer
-            c = error_completion(self.label, exc, start)
-        finally:
-            _FAULTS.reset(token)
+        with counting_faults() as faults:
+            try:
+                c = await self._call(req, start)
+            except Exception as exc:  # noqa: BLE001 - every SDK error becomes a recorded answer
+                c = error_completion(self.label, exc, start)
         return dataclasses.replace(c, faults=faults) if faults else c
 
     async def _call(self, req: Request, start: float) -> Completion:
@@ -173,15 +261,6 @@ class ApiProvider:
 
 
 class OpenAIProvider(ApiProvider):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        import openai
-
-        self.client = openai.AsyncOpenAI(
-            api_key=self.key or "not-needed", base_url=self.conf.base_url,
-            timeout=self.conf.timeout_s, max_retries=self.conf.max_retries,
-            http_client=self.http)
-
     async def _call(self, req: Request, start: float) -> Completion:
         # The SDK's `post` with the body as the API takes it: its retries, timeouts and
         # typed response, without `create`'s per-field transform of the request, which costs
@@ -190,59 +269,23 @@ class OpenAIProvider(ApiProvider):
         from openai.types import Completion as OpenAICompletion
         from openai.types.chat import ChatCompletion
 
-        body = {"model": self.conf.model, "max_tokens": req.max_tokens,
-                **openai_params(req, self.drop)}
-        if req.mode == "chat":
-            r = await self.client.post("/chat/completions", cast_to=ChatCompletion,
-                                       body={**body, "messages": req.prompt})
-            text = r.choices[0].message.content or ""
-        else:
-            r = await self.client.post("/completions", cast_to=OpenAICompletion,
-                                       body={**body, "prompt": req.prompt})
-            text = r.choices[0].text or ""
-        finish = r.choices[0].finish_reason or "stop"
-        usage = r.usage
-        details = getattr(usage, "prompt_tokens_details", None) if usage else None
-        cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
-        return Completion(
-            text=text, finish_reason="length" if finish == "length" else "stop",
-            model=self.label, prompt_tokens=(usage.prompt_tokens if usage else 0) - cached,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cache_read_tokens=cached, latency_s=time.perf_counter() - start)
+        path, body = openai_body(self.conf, req)
+        cast = ChatCompletion if req.mode == "chat" else OpenAICompletion
+        r = await self.client.post(path, cast_to=cast, body=body)
+        return openai_completion(r, self.label, time.perf_counter() - start)
 
 
 class AnthropicProvider(ApiProvider):
     """Anthropic's API (from version 2026-10-21) takes no sampling parameters, so temperature
     and top_p are not sent; stop sequences of whitespace alone are applied here instead."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        import anthropic
-
-        self.client = anthropic.AsyncAnthropic(
-            api_key=self.key, base_url=self.conf.base_url, timeout=self.conf.timeout_s,
-            max_retries=self.conf.max_retries, http_client=self.http)
-
     async def _call(self, req: Request, start: float) -> Completion:
-        system, messages = anthropic_messages(req.prompt, self.conf.prompt_cache, self.prefixes)
-        sendable = [s for s in req.stop if s.strip()] if "stop" not in self.drop else []
         from anthropic.types import Message
 
         # `post` with the wire-format body, for the reason given in OpenAIProvider._call.
-        r = await self.client.post("/v1/messages", cast_to=Message, body={
-            "model": self.conf.model, "max_tokens": req.max_tokens, "messages": messages,
-            **({"system": system} if system else {}),
-            **({"stop_sequences": sendable} if sendable else {})})
-        text = "".join(getattr(b, "text", "") for b in r.content)
-        text, stopped_here = apply_stops(text, req.stop if "stop" not in self.drop else ())
-        truncated = r.stop_reason == "max_tokens" and not stopped_here
-        u = r.usage
-        return Completion(
-            text=text, finish_reason="length" if truncated else "stop", model=self.label,
-            prompt_tokens=u.input_tokens, completion_tokens=u.output_tokens,
-            cache_read_tokens=u.cache_read_input_tokens or 0,
-            cache_write_tokens=u.cache_creation_input_tokens or 0,
-            latency_s=time.perf_counter() - start)
+        r = await self.client.post("/v1/messages", cast_to=Message,
+                                   body=anthropic_body(self.conf, req, self.prefixes))
+        return anthropic_completion(r, req.stop, self.conf, time.perf_counter() - start)
 
 
 def make_provider(conf: ApiModel, api_key: Secret | None,
