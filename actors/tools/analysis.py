@@ -129,13 +129,13 @@ def load_source(path: str | Path) -> Source:
     return Source(path.name, load_seeds(path))
 
 
-def seed_instructions(source: Source, seeds: list[str] | None) -> list[str]:
+def seed_tasks(source: Source, seeds: list[str] | None) -> list[SeedTask]:
     """The human seeds to measure novelty against: given, or those of the run's config."""
     paths = seeds or ((source.run or {}).get("config", {}).get("seeds") or [])
-    out: list[str] = []
+    out: list[SeedTask] = []
     for p in paths:
         if Path(p).is_file():
-            out += [t.instruction for t in load_seeds(p)]
+            out += load_seeds(p)
     return out
 
 

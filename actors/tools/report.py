@@ -1,9 +1,11 @@
-"""`selfinstruct report`: the paper's figures as PNGs, an index.html, and a summary table."""
+"""`selfinstruct report`: the paper's figures as PNGs, an index.html with a summary table and a
+data viewer of every task and rejection, and summary.json."""
 
 from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from actors.method.seeds import SeedError  # noqa: E402
 from actors.tools.analysis import (  # noqa: E402
@@ -22,20 +26,54 @@ from actors.tools.analysis import (  # noqa: E402
     load_spacy,
     max_rouge_to,
     read_jsonl,
-    seed_instructions,
+    seed_tasks,
     spacy_verb_noun,
     summary_stats,
     timeline,
     verb_noun_diversity,
 )
 from actors.tools.quality import QUESTIONS, grade_percentages  # noqa: E402
+from actors.tools.viewer import hash_link, viewer_css, viewer_data, viewer_section  # noqa: E402
 
 STAGES = ["propose", "filter", "dedup", "classify", "task", "instances"]
+DPI = 110
+Link = tuple[Patch, str, str]  # a drawn shape, where a click on it goes, its tooltip
 
 
-def ring_chart(div: Diversity, path: Path, title: str) -> None:
-    """The paper's nested rings: root verbs inside, their top direct objects outside."""
+@dataclass
+class Shown:
+    """A figure on the page: its PNG, caption, the links laid over it (an SVG) and a list
+    beside it."""
+
+    file: str
+    caption: str
+    overlay: str = ""
+    aside: str = ""
+
+
+def save_linked(fig: Figure, path: Path, links: list[Link]) -> str:
+    """Save the figure cropped as bbox_inches="tight" would, and return an SVG to lay over
+    the PNG with one link per shape. The SVG's units are the figure's inches, so it lines up
+    at any size the page scales the image to."""
+    fig.canvas.draw()  # lays out the axes (a pie's equal aspect) the way savefig will
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
+    fig.savefig(path, dpi=DPI, bbox_inches=bbox)
+    shapes = []
+    for patch, href, title in links:
+        for poly in patch.get_path().to_polygons(patch.get_transform()):
+            points = " ".join(f"{x / fig.dpi:.3f},{-y / fig.dpi:.3f}" for x, y in poly)
+            shapes.append(f'<a href="{href}"><title>{html.escape(title)}</title>'
+                          f'<polygon points="{points}"/></a>')
+    plt.close(fig)
+    return (f'<svg viewBox="{bbox.x0:.3f} {-bbox.y1:.3f} {bbox.width:.3f} {bbox.height:.3f}" '
+            f'preserveAspectRatio="none">{"".join(shapes)}</svg>')
+
+
+def ring_chart(div: Diversity, path: Path, title: str) -> str:
+    """The paper's nested rings: root verbs inside, their top direct objects outside; a click
+    on a verb (or a verb's object) opens the task table filtered to it."""
     fig, ax = plt.subplots(figsize=(9, 9))
+    links: list[Link] = []
     if not div.top:
         ax.text(0.5, 0.5, "no root verbs found", ha="center", va="center")
         ax.axis("off")
@@ -43,26 +81,33 @@ def ring_chart(div: Diversity, path: Path, title: str) -> None:
         cmap = plt.get_cmap("tab20")
         inner = [count for _, count, _ in div.top]
         colors = [cmap(i % 20) for i in range(len(inner))]
-        ax.pie(inner, radius=0.7, labels=[v for v, _, _ in div.top], labeldistance=0.55,
-               colors=colors, wedgeprops={"width": 0.4, "edgecolor": "white"},
-               textprops={"fontsize": 8}, startangle=90, counterclock=False)
-        outer, labels, outer_colors = [], [], []
-        for i, (_, count, nouns) in enumerate(div.top):
+        wedges, _ = ax.pie(inner, radius=0.7, labels=[v for v, _, _ in div.top],
+                           labeldistance=0.55, colors=colors,
+                           wedgeprops={"width": 0.4, "edgecolor": "white"},
+                           textprops={"fontsize": 8}, startangle=90, counterclock=False)
+        links += [(w, hash_link("tasks", verb=v), f"{v}: {c} tasks")
+                  for w, (v, c, _) in zip(wedges, div.top, strict=True)]
+        outer, labels, outer_colors, targets = [], [], [], []
+        for i, (verb, count, nouns) in enumerate(div.top):
             for noun, n in nouns:
                 outer.append(n)
                 labels.append(noun)
                 outer_colors.append((*colors[i][:3], 0.55))
+                targets.append((verb, noun, n))
             rest = count - sum(n for _, n in nouns)
             if rest:
                 outer.append(rest)
                 labels.append("")
                 outer_colors.append((1, 1, 1, 0))
-        ax.pie(outer, radius=1.0, labels=labels, labeldistance=0.87, colors=outer_colors,
-               wedgeprops={"width": 0.3, "edgecolor": "white"}, textprops={"fontsize": 6},
-               startangle=90, counterclock=False, rotatelabels=True)
+                targets.append(None)
+        wedges, _ = ax.pie(outer, radius=1.0, labels=labels, labeldistance=0.87,
+                           colors=outer_colors, wedgeprops={"width": 0.3, "edgecolor": "white"},
+                           textprops={"fontsize": 6}, startangle=90, counterclock=False,
+                           rotatelabels=True)
+        links += [(w, hash_link("tasks", verb=t[0], noun=t[1]), f"{t[0]} {t[1]}: {t[2]} tasks")
+                  for w, t in zip(wedges, targets, strict=True) if t]
     ax.set_title(f"{title}: top {len(div.top)} root verbs and their top direct objects")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    return save_linked(fig, path, links)
 
 
 def bar_hist(values: list[float], path: Path, title: str, xlabel: str,
@@ -86,7 +131,9 @@ def length_plots(lens: dict[str, list[int]], path: Path) -> None:
     plt.close(fig)
 
 
-def funnel_plot(counts: dict[str, Any], path: Path) -> None:
+def funnel_plot(counts: dict[str, Any], path: Path) -> str:
+    """Each stage's accepted and rejected items, by rule; a click on a rejected bar opens the
+    rejection table filtered to that stage and rule."""
     stages = [s for s in STAGES if s in counts]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(stages) + 1.5))
     ys = range(len(stages))
@@ -94,17 +141,20 @@ def funnel_plot(counts: dict[str, Any], path: Path) -> None:
     left = [counts[s]["accepted"] for s in stages]
     reasons = sorted({r for s in stages for r in counts[s]["reasons"]})
     cmap = plt.get_cmap("tab20")
+    links: list[Link] = []
     for k, reason in enumerate(reasons):
         widths = [counts[s]["reasons"].get(reason, 0) for s in stages]
-        ax.barh(ys, widths, left=left, color=cmap(k % 20), label=f"rejected: {reason}")
+        bars = ax.barh(ys, widths, left=left, color=cmap(k % 20), label=f"rejected: {reason}")
+        links += [(bar, hash_link("rejections", stage=stage, rule=reason),
+                   f"{stage}: {n} rejected by {reason}")
+                  for bar, stage, n in zip(bars, stages, widths, strict=True) if n]
         left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.set_yticks(list(ys), stages)
     ax.invert_yaxis()
     ax.set_xlabel("items")
     ax.set_title("Funnel: what each stage accepted and rejected, by reason")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # off the bars
+    return save_linked(fig, path, links)
 
 
 def share_plot(n_cls: int, n_gen: int, path: Path) -> None:
@@ -136,8 +186,10 @@ def compute(source: Source, seeds: list[str] | None, parse: Any = None) -> dict[
     """Every number the report shows, as a dict (also written as report/summary.json)."""
     instructions = [t.instruction for t in source.tasks]
     parse = parse or spacy_verb_noun(load_spacy())
-    div = verb_noun_diversity(parse(instructions))
-    refs = seed_instructions(source, seeds)
+    pairs = parse(instructions)
+    div = verb_noun_diversity(pairs)
+    seed_list = seed_tasks(source, seeds)
+    refs = [t.instruction for t in seed_list]
     novelty = max_rouge_to(refs, instructions) if refs else []
     lens = lengths(source.tasks)
     n_cls = sum(t.is_classification for t in source.tasks)
@@ -167,6 +219,7 @@ def compute(source: Source, seeds: list[str] | None, parse: Any = None) -> dict[
         if grades:
             out["quality"] = grade_percentages(grades)
     out["_div"], out["_lens"] = div, lens
+    out["_viewer"] = viewer_data(source, pairs, seed_list)
     return out
 
 
@@ -193,31 +246,40 @@ def write_report(path: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = compute(source, seeds, parse)
-    div, lens = data.pop("_div"), data.pop("_lens")
-    figures = [("verb_noun.png", "Diversity: root verbs and their direct objects")]
-    ring_chart(div, out / "verb_noun.png", source.label)
+    div, lens, viewer = data.pop("_div"), data.pop("_lens"), data.pop("_viewer")
+    figures = [Shown("verb_noun.png", "Diversity: root verbs and their direct objects "
+                     "(click a verb or an object to list its tasks)",
+                     ring_chart(div, out / "verb_noun.png", source.label), verb_list(div))]
     if data["novelty"]["max_rouge_l"]:
         bar_hist(data["novelty"]["max_rouge_l"], out / "rouge_to_seeds.png",
                  "Novelty: each instruction's highest ROUGE-L to the seed tasks",
                  "highest ROUGE-L to a seed", bins=[i / 20 for i in range(21)])
-        figures.append(("rouge_to_seeds.png", "Novelty against the seeds"))
+        figures.append(Shown("rouge_to_seeds.png", "Novelty against the seeds"))
     length_plots(lens, out / "lengths.png")
-    figures.append(("lengths.png", "Lengths of instructions, inputs and outputs"))
+    figures.append(Shown("lengths.png", "Lengths of instructions, inputs and outputs"))
     share_plot(data["classification"], data["generation"], out / "share.png")
-    figures.append(("share.png", "Classification versus generation"))
+    figures.append(Shown("share.png", "Classification versus generation"))
     if data.get("funnel"):
-        funnel_plot(data["funnel"], out / "funnel.png")
-        figures.append(("funnel.png", "Funnel of rejections by stage and reason"))
+        figures.append(Shown("funnel.png", "Funnel of rejections by stage and reason (click a "
+                             "rejected bar to list its rejections)",
+                             funnel_plot(data["funnel"], out / "funnel.png")))
     if source.run_dir is not None:
         series = timeline(source.run_dir)
         if series["tasks"] or series["tokens"]:
             throughput_plot(series, out / "throughput.png")
-            figures.append(("throughput.png", "Throughput and token usage over the run"))
+            figures.append(Shown("throughput.png", "Throughput and token usage over the run"))
     (out / "summary.json").write_text(json.dumps(data, indent=2))
-    (out / "index.html").write_text(render_html(data, figures))
+    (out / "index.html").write_text(render_html(data, figures, viewer), encoding="utf-8")
     data["report_dir"] = str(out)
-    data["figures"] = [f for f, _ in figures]
+    data["figures"] = [f.file for f in figures]
     return data
+
+
+def verb_list(div: Diversity) -> str:
+    """The top verbs as links beside the ring chart (a small wedge is hard to hit)."""
+    items = "".join(f'<li><a href="{hash_link("tasks", verb=v)}">{html.escape(v)}</a> ({c})'
+                    f"</li>" for v, c, _ in div.top)
+    return f'<div class="verbs"><b>Top verbs</b><ol>{items}</ol></div>' if items else ""
 
 
 def summary_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -246,18 +308,20 @@ def summary_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def render_html(data: dict[str, Any], figures: list[tuple[str, str]]) -> str:
+def render_html(data: dict[str, Any], figures: list[Shown], viewer: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                    for k, v in summary_rows(data))
-    figs = "".join(f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>'
-                   f"{html.escape(c)}</figcaption></figure>" for f, c in figures)
+    figs = "".join(
+        f'<figure id="fig-{f.file.removesuffix(".png")}"><div class="linked"><div class="map">'
+        f'<img src="{f.file}" alt="{html.escape(f.caption)}">{f.overlay}</div>{f.aside}</div>'
+        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>" for f in figures)
     quality = ""
     if data.get("quality"):
         quality = "<p>Quality grades use the paper's four questions: " + \
             "; ".join(html.escape(q) for q in QUESTIONS.values()) + "</p>"
+    browse = '<p>Browse the data: <a href="#tasks">tasks</a>' + (
+        ', <a href="#rejections">rejections</a>' if viewer["run"] else "") + "</p>"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>selfinstruct report: "
-            f"{html.escape(data['source'])}</title><style>body{{font-family:sans-serif;"
-            f"max-width:1100px;margin:2em auto}}th{{text-align:left;padding-right:2em}}"
-            f"img{{max-width:100%}}figure{{margin:2em 0}}</style></head><body>"
-            f"<h1>{html.escape(data['source'])}</h1><table>{rows}</table>{quality}{figs}"
-            f"</body></html>")
+            f"{html.escape(data['source'])}</title><style>{viewer_css()}</style></head><body>"
+            f"<h1>{html.escape(data['source'])}</h1><table>{rows}</table>{quality}{browse}"
+            f"{figs}{viewer_section(viewer)}</body></html>")
