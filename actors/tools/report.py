@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from actors.engine.summary import STAGE_ORDER, acceptance  # noqa: E402
 from actors.method.seeds import SeedError  # noqa: E402
 from actors.tools.analysis import (  # noqa: E402
     Diversity,
@@ -35,7 +36,6 @@ from actors.tools.analysis import (  # noqa: E402
 from actors.tools.quality import QUESTIONS, grade_percentages  # noqa: E402
 from actors.tools.viewer import hash_link, viewer_css, viewer_data, viewer_section  # noqa: E402
 
-STAGES = ["propose", "filter", "dedup", "classify", "task", "instances"]
 DPI = 110
 Link = tuple[Patch, str, str]  # a drawn shape, where a click on it goes, its tooltip
 
@@ -134,7 +134,7 @@ def length_plots(lens: dict[str, list[int]], path: Path) -> None:
 def funnel_plot(counts: dict[str, Any], path: Path) -> str:
     """Each stage's accepted and rejected items, by rule; a click on a rejected bar opens the
     rejection table filtered to that stage and rule."""
-    stages = [s for s in STAGES if s in counts]
+    stages = [s for s in STAGE_ORDER if s in counts]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(stages) + 1.5))
     ys = range(len(stages))
     ax.barh(ys, [counts[s]["accepted"] for s in stages], color="#55a868", label="accepted")
@@ -211,7 +211,9 @@ def compute(source: Source, seeds: list[str] | None, parse: Any = None) -> dict[
     }
     if source.run:
         out["funnel"] = source.run.get("counts", {})
-        out["acceptance"] = source.run.get("acceptance", {})
+        # A run still going (or killed) has counts in run.json only once it stops: run.json's
+        # own account where there is one, else the same figures from what the files hold.
+        out["acceptance"] = source.run.get("acceptance") or acceptance(out["funnel"])
         out["usage"] = source.run.get("usage", {})
         out["timings"] = source.run.get("timings", {})
     if source.run_dir is not None:
