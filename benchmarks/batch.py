@@ -81,12 +81,13 @@ def main() -> None:
     args = ap.parse_args()
     batched = (["propose"] if args.mix == "all" else []) + ["classify", "instances"]
     rows = {}
-    with tempfile.TemporaryDirectory() as tmp, \
-            fake_server(latency=args.latency, batch_delay=args.batch_delay) as srv:
+    with tempfile.TemporaryDirectory() as tmp:
         for name, delivery in (("online", {}), ("batch", dict.fromkeys(batched, "batch"))):
-            cfg = write_config(Path(tmp) / f"{name}.yaml", srv.url, delivery, args.lag,
-                               args.max_requests)
-            rows[name] = run(cfg, Path(tmp) / name, args.tasks)
+            # A server each, so each run's prompt cache starts empty.
+            with fake_server(latency=args.latency, batch_delay=args.batch_delay) as srv:
+                cfg = write_config(Path(tmp) / f"{name}.yaml", srv.url, delivery, args.lag,
+                                   args.max_requests)
+                rows[name] = run(cfg, Path(tmp) / name, args.tasks)
     print(f"{args.tasks} tasks, fake API at {args.latency} s a request, batches end "
           f"{args.batch_delay} s after submission, batched stages: {', '.join(batched)}, "
           f"machine_shot_lag {args.lag}")
