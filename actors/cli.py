@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -41,10 +42,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(cfg, args)
     from actors.engine.pipeline import run_pipeline
+    from actors.engine.raynode import ray_output_apart
 
-    summary = run_pipeline(cfg, out_dir=args.out, target=args.target,
-                           progress=not args.no_progress, resume=args.resume,
-                           max_cost=args.max_cost)
+    with ray_output_apart():
+        summary = run_pipeline(cfg, out_dir=args.out, target=args.target,
+                               progress=not args.no_progress, resume=args.resume,
+                               max_cost=args.max_cost,
+                               resume_command=_resume_command(args, cfg.run.out))
     counts = summary["counts"]
     print(json.dumps({"status": summary["status"], "stop_reason": summary["stop_reason"],
                       "tasks": summary["tasks"], "out": summary["out"],
@@ -54,9 +58,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       "rejected": {k: v["reasons"] for k, v in counts.items() if v["reasons"]}},
                      indent=2))
     if summary.get("failure"):
-        print(f"error: {summary['failure']}", file=sys.stderr)
+        print(f"error: {summary['failure']}; go on with: {summary['resume']}", file=sys.stderr)
         return 1
     return 0
+
+
+def _resume_command(args: argparse.Namespace, default_out: str) -> str:
+    """The command line that goes on with a run where it stopped, from any folder: the same
+    config, run directory, target and budget, and --resume."""
+    from pathlib import Path
+
+    from actors.rundir.remote import is_remote
+
+    out = args.out or default_out
+    words = ["selfinstruct", "run", str(Path(args.config).resolve()), "--out",
+             out if is_remote(out) else str(Path(out).resolve())]
+    if args.target is not None:
+        words += ["--target", str(args.target)]
+    if args.max_cost is not None:
+        words += ["--max-cost", str(args.max_cost)]
+    return shlex.join([*words, "--resume"])
 
 
 def _dry_run(cfg: Any, args: argparse.Namespace) -> int:

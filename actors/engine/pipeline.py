@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 from ray.util.metrics import Counter, Gauge
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
@@ -27,6 +27,7 @@ from actors.engine.batcher import Batcher, batch_stages
 from actors.engine.gate import Gate
 from actors.engine.metrics import RunMetrics
 from actors.engine.pool import Pool
+from actors.engine.raynode import NodeWatch, send_ray_output
 from actors.engine.run_inputs import (
     api_keys,
     cache_prefixes,
@@ -96,8 +97,9 @@ def _how(ref: Any) -> tuple[str, str]:
 
 def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None = None,
                  progress: bool = True, resume: bool = False,
-                 max_cost: float | None = None) -> dict[str, Any]:
-    """Run the whole method until `target` tasks are written; returns what run.json holds."""
+                 max_cost: float | None = None, resume_command: str = "") -> dict[str, Any]:
+    """Run the whole method until `target` tasks are written; returns what run.json holds
+    (with `resume_command` in it if the run failed)."""
     uri = out_dir or cfg.run.out
     mirror = Mirror(uri) if is_remote(uri) else None
     out = staging_dir(uri) if mirror else Path(uri).resolve()  # where this node works
@@ -127,7 +129,9 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     if mirror:
         mirror.put_file(out / "run.json")
 
+    send_ray_output(out / "ray.log")
     init_ray(cfg)
+    node = NodeWatch()
     stage_logic = Stages(cfg, templates)
     used = used_models(cfg)
     replicas = {name: start_local_replicas(m, name) for name, m in used.items()
@@ -191,6 +195,8 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
             due = sup.next_due(now)
             wait = WATCH_S + 1.0 if due is None else min(WATCH_S + 1.0, due)
             ready, _ = ray.wait([watch, *loops.values()], num_returns=1, timeout=wait)
+            if node.lost(ask=any(ref is not watch for ref in ready)):  # an actor ended
+                break
             now = time.time()
             for ref in ready:
                 if ref is watch:
@@ -211,6 +217,8 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
                 try:
                     stats = ray.get(watch)
                 except RayActorError as exc:  # Ray restarts it from the run directory
+                    if node.lost(ask=True):
+                        break
                     pool_restarts += 1
                     log.warning("actor_died", actor="pool", restarts=pool_restarts,
                                 error=str(exc).splitlines()[0][:300])
@@ -249,26 +257,40 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
             metrics.update(stats, gstats)
             if deadline and now > deadline:
                 flag.reason = flag.reason or "time_limit"
-        log.info("stopping", reason=flag.reason)
-        final = _shutdown(pool, workers, replicas, loops, log, batcher,
-                          cancel_batches=flag.reason == "target_reached")
+        log.info("stopping", reason=flag.reason or "ray_lost")
+        final = None if node.lost() else _shutdown(
+            pool, workers, replicas, loops, log, batcher,
+            cancel_batches=flag.reason == "target_reached")
+    except RayError:  # a Ray call failed: because the node is gone, or not ours to handle
+        if not node.lost(ask=True):
+            raise
+        final = None
     finally:
         bar.close()
         for s, handler in old.items():
             signal.signal(s, handler)
 
+    alive = not node.lost()
+    if not alive:  # no actor can be asked now; none may write the run directory either
+        failure = f"{node.reason}; the run stopped, all it committed is kept"
+        flag.reason = "failed"
+        log.info("ray_lost", error=node.reason)
+        node.stop()
     cpu = _cpu_seconds({"pool": pool, **({"gate": gate} if gate is not None else {}),
                         **workers, **{f"{n}-replica-{i}": r for n, rs in replicas.items()
-                                      for i, r in enumerate(rs)}})
-    gate_stats = _informative(gate.stats) if gate is not None else {}
-    batch_stats = _informative(batcher.stats) if batcher is not None else {}
+                                      for i, r in enumerate(rs)}}) if alive else {}
+    gate_stats = _informative(gate.stats) if gate is not None and alive else {}
+    batch_stats = _informative(batcher.stats) if batcher is not None and alive else {}
     if final is None:  # the pool could not finish: the files are the truth
         from actors.rundir.recovery import load_state
 
-        state = load_state(out, recover(out, truncate=False))
+        # Cut a torn batch, as the next start would, only once no writer is left.
+        state = load_state(out, recover(out, truncate=not alive))
+        pending = state.pending()  # and tasks answered whose lines wait on an earlier task's:
+        pending["classified"] += len(state.rebuild)  # --resume writes them, asking no model
         final = {"tasks": state.committed.lines.get("dataset", 0),
                  "stages": state.committed.counts, "usage": state.committed.usage,
-                 "pending": state.pending(), "pool": {}}
+                 "pending": pending, "pool": {}}
     metrics.update(final, gate_stats)
     summary = run_summary(
         base, reason=flag.reason, failure=failure, stats=final, pending=final["pending"],
@@ -280,6 +302,8 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
         pool=final["pool"], cpu_s=cpu)
     if batch_stats:
         summary["batches"] = batch_stats
+    if failure and resume_command:
+        summary["resume"] = resume_command
     write_run_json(out, summary)
     if mirror:
         mirror.publish(out)  # dataset.jsonl, run.json, ... beside the segments
@@ -287,7 +311,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
              pending=summary["pending"], wall_s=summary["timings"]["wall_s"])
     for handle in [*workers.values(), pool, *[r for rs in replicas.values() for r in rs],
                    *([gate] if gate is not None else []),
-                   *([batcher] if batcher is not None else [])]:
+                   *([batcher] if batcher is not None else [])] if alive else []:
         ray.kill(handle)
     return summary
 
