@@ -16,7 +16,7 @@ def test_validate_names_the_key(tmp_path, capsys):
     bad.write_text((ROOT / "pipeline.yaml").read_text().replace(
         "seeds:\n  - seeds/seed_tasks.jsonl", f"seeds:\n  - {ROOT}/seeds/seed_tasks.jsonl")
         .replace("prompts_dir: prompts", f"prompts_dir: {ROOT}/prompts")
-        .replace("  proposers: 2", "  proposerz: 2"))
+        .replace("  proposers: 1", "  proposerz: 1"))
     assert main(["validate", str(bad)]) == 2
     assert "actors.proposerz: unknown key" in capsys.readouterr().err
 
