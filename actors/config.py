@@ -378,7 +378,7 @@ class RayConf(Strict):
         return self
 
 
-class Pipeline(Strict):
+class PipelineConfig(Strict):
     seeds: list[str] = Field(default_factory=lambda: ["seeds/seed_tasks.jsonl"])
     prompts_dir: str = "prompts"
     run: Run = Field(default_factory=Run)
@@ -391,7 +391,7 @@ class Pipeline(Strict):
     ray: RayConf = Field(default_factory=RayConf)
 
     @model_validator(mode="after")
-    def _models_exist(self) -> Pipeline:
+    def _models_exist(self) -> PipelineConfig:
         for stage in ("propose", "classify", "instances"):
             name = getattr(self.stages, stage).model
             if name not in self.models:
@@ -461,7 +461,7 @@ def check_flag(key: str, text: str) -> Any:
     """A command-line value that stands for config key `key` ('run.max_cost'), parsed and
     checked by that key's own rule, so a flag accepts exactly what the YAML does."""
     section, name = key.split(".")
-    info = Pipeline.model_fields[section].annotation.model_fields[name]
+    info = PipelineConfig.model_fields[section].annotation.model_fields[name]
     try:
         return TypeAdapter(Annotated[info.annotation, info]).validate_python(text)
     except ValidationError as exc:
@@ -474,14 +474,14 @@ def resolve_path(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def parse_config(data: Any, source: str, base: Path) -> Pipeline:
+def parse_config(data: Any, source: str, base: Path) -> PipelineConfig:
     """Validate a mapping (from YAML) and check every file it names exists."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     try:
-        cfg = Pipeline.model_validate(data)
+        cfg = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         lines = [_format_error(source, e) for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
@@ -510,7 +510,7 @@ def parse_config(data: Any, source: str, base: Path) -> Pipeline:
     return cfg
 
 
-def load_config(path: str | Path | None) -> Pipeline:
+def load_config(path: str | Path | None) -> PipelineConfig:
     """Read and validate pipeline.yaml; None gives the defaults relative to the cwd."""
     if path is None:
         return parse_config({}, "(defaults)", Path.cwd())

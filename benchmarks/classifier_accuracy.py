@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from actors.config import LocalModel, Pipeline
+from actors.config import LocalModel, PipelineConfig
 from actors.method.parsing import parse_classification
 from actors.method.prompts import load_template
 from actors.method.seeds import load_seeds
@@ -32,7 +32,7 @@ def main() -> None:
     if args.limit:
         tasks = tasks[: args.limit]
     worker = LocalModelWorker(LocalModel())
-    dec = Pipeline().stages.classify
+    dec = PipelineConfig().stages.classify
     for mode in ("completion", "chat"):
         tpl = load_template(ROOT / "prompts", "classify", mode)
         tp = fp = tn = fn = 0

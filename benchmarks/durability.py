@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.config import Pipeline  # noqa: E402
+from actors.config import PipelineConfig  # noqa: E402
 from actors.engine.ledger import Ledger  # noqa: E402
 from actors.engine.run_inputs import TEMPLATE_STAGES  # noqa: E402
 from actors.method.prompts import Shot, load_template  # noqa: E402
-from actors.method.stages import Stages  # noqa: E402
+from actors.method.stages import StageLogic  # noqa: E402
 from actors.providers.llm import Completion  # noqa: E402
 from actors.rundir.recovery import load_state  # noqa: E402
 from actors.rundir.runlog import recover  # noqa: E402
@@ -35,13 +35,13 @@ SHOTS = [Shot(f"s{i}", f"Seed instruction number {i}.") for i in range(8)]
 ANSWER = "Input: 2 + 2\nOutput: 4\n\nInput: 3 + 3\nOutput: 6"
 
 
-def stages() -> Stages:
-    cfg = Pipeline()
+def stages() -> StageLogic:
+    cfg = PipelineConfig()
     templates = {n: load_template(ROOT / "prompts", n, "completion") for n in TEMPLATE_STAGES}
-    return Stages(cfg, templates)
+    return StageLogic(cfg, templates)
 
 
-def open_run(out: Path, tasks: int, st: Stages) -> tuple[Writer, Ledger]:
+def open_run(out: Path, tasks: int, st: StageLogic) -> tuple[Writer, Ledger]:
     """The writer and the ledger a pool would hold on this directory."""
     w = Writer(str(out))
     seeds = [{"id": "seed_0", "instruction": "Translate the sentence into French."}]

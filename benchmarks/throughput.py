@@ -35,6 +35,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -142,8 +143,25 @@ def ray_head() -> Any:
     try:
         yield port, f"http://127.0.0.1:{dash}"
     finally:
-        subprocess.run([str(ROOT / ".venv/bin/ray"), "stop", "--force"], env=renv,
-                       capture_output=True, timeout=120)
+        stop_head(port)
+
+
+def stop_head(port: int) -> None:
+    """Ends this head's processes only (`ray stop` would end every Ray on the machine): the
+    ones whose command line names its GCS port."""
+    marks = (f"127.0.0.1:{port}".encode(), f"--gcs_server_port={port}".encode())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(m in cmd for m in marks):
+                with contextlib.suppress(OSError):
+                    os.kill(int(entry), sig)
+        time.sleep(2.0)
 
 
 def ray_calls(dashboard: str) -> dict[str, int]:

@@ -1,11 +1,11 @@
 import pytest
 
-from actors.config import ConfigError, Pipeline, check_flag, load_config, parse_config
+from actors.config import ConfigError, PipelineConfig, check_flag, load_config, parse_config
 from tests.conftest import ROOT
 
 
 def test_defaults_are_the_papers_values():
-    p = Pipeline()
+    p = PipelineConfig()
     assert (p.stages.propose.temperature, p.stages.propose.top_p) == (0.7, 0.5)
     assert p.stages.propose.max_tokens == 1024 and p.stages.propose.presence_penalty == 2.0
     assert p.stages.propose.stop == ["\n\n", "\n16", "16.", "16 ."]
@@ -31,9 +31,9 @@ def test_shipped_pipeline_yaml_is_valid_and_matches_defaults():
             cfg.stages.instances.max_in_flight_per_actor) == (5, 8, 8)
     for stage in ("propose", "classify", "instances"):
         getattr(cfg.stages, stage).max_in_flight_per_actor = 16
-    assert cfg.stages == Pipeline().stages
-    assert cfg.filters == Pipeline().filters
-    assert cfg.dedup == Pipeline().dedup
+    assert cfg.stages == PipelineConfig().stages
+    assert cfg.filters == PipelineConfig().filters
+    assert cfg.dedup == PipelineConfig().dedup
 
 
 def _write(tmp_path, text):
@@ -76,9 +76,9 @@ def test_missing_files(tmp_path):
 
 
 def test_actor_resources_become_ray_options():
-    from actors.config import Pipeline
+    from actors.config import PipelineConfig
 
-    cfg = Pipeline.model_validate({"actors": {"instancer": {"num_gpus": 0.5,
+    cfg = PipelineConfig.model_validate({"actors": {"instancer": {"num_gpus": 0.5,
                                                             "resources": {"gpu_node": 1}}}})
     assert cfg.actors.instancer.options() == {"num_cpus": 0, "num_gpus": 0.5,
                                               "resources": {"gpu_node": 1}}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from actors.config import Pipeline
+from actors.config import PipelineConfig
 from actors.engine.ledger import Ledger
 from actors.engine.pool import Pool
 from actors.method.ids import prompt_id
@@ -49,7 +49,7 @@ class Dir:
         self.path = path
         self.writer = Writer(str(path))
         st = load_state(path, self.writer.committed)
-        self.ledger = Ledger(Pipeline(), SEEDS, target, st, stages())
+        self.ledger = Ledger(PipelineConfig(), SEEDS, target, st, stages())
         self.commit()
 
     def commit(self):
@@ -185,7 +185,7 @@ def test_a_stop_writes_finished_tasks_even_out_of_order(tmp_path):
 
 # -- the pool: the ledger's async shell ----------------------------------------------------
 def _pool(tmp_path, target=10):
-    return Pool(Pipeline(), SEEDS, target, stages(), str(tmp_path))
+    return Pool(PipelineConfig(), SEEDS, target, stages(), str(tmp_path))
 
 
 def test_an_exchange_waits_for_work_and_wakes_when_it_comes(tmp_path):

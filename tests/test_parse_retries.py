@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 from pydantic import ValidationError
 
-from actors.config import Pipeline
+from actors.config import PipelineConfig
 from actors.providers.client import LLMClient, client_for
 from actors.providers.llm import Completion, Request
 
@@ -78,9 +78,9 @@ def test_a_replay_asks_what_the_run_asked(tmp_path):
 
 
 def test_the_stage_config_reaches_the_client():
-    cfg = Pipeline.model_validate({"stages": {"classify": {"parse_retries": 3,
+    cfg = PipelineConfig.model_validate({"stages": {"classify": {"parse_retries": 3,
                                                            "retry_temperature": 0.5}}})
     client = client_for(cfg, "classify", {"local": []}, None, {}, None)
     assert (client.parse_retries, client.retry_temperature) == (3, 0.5)
     with pytest.raises(ValidationError, match="retry_temperature"):
-        Pipeline.model_validate({"stages": {"instances": {"retry_temperature": 0.0}}})
+        PipelineConfig.model_validate({"stages": {"instances": {"retry_temperature": 0.0}}})

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from actors.cli import main
-from actors.config import Pipeline, load_config
+from actors.config import PipelineConfig, load_config
 from actors.engine.run_inputs import load_templates
 from actors.method.prompts import TemplateError
 from actors.tools.preflight import check_prompts
@@ -76,8 +76,9 @@ def _words(_model):
 
 def test_every_seed_too_long_is_counted_and_only_the_longest_named(tmp_path):
     seeds = _seeds(tmp_path / "seeds.jsonl", "Explain " + "this " * 300, "Say " + "it " * 400)
-    cfg = Pipeline.model_validate({"seeds": [str(seeds)], "prompts_dir": str(ROOT / "prompts"),
-                                   "models": {"local": {"n_ctx": 1100}}})
+    cfg = PipelineConfig.model_validate({"seeds": [str(seeds)],
+                                         "prompts_dir": str(ROOT / "prompts"),
+                                         "models": {"local": {"n_ctx": 1100}}})
     with pytest.raises(TemplateError) as info:
         check_prompts(cfg, load_templates(cfg), counter=_words)
     (line,) = str(info.value).splitlines()
@@ -88,7 +89,7 @@ def test_every_seed_too_long_is_counted_and_only_the_longest_named(tmp_path):
 def test_an_api_model_is_rendered_but_not_measured(tmp_path):
     seeds = _seeds(tmp_path / "seeds.jsonl", HUGE)
     stages = {s: {"model": "api"} for s in ("propose", "classify", "instances")}
-    cfg = Pipeline.model_validate({
+    cfg = PipelineConfig.model_validate({
         "seeds": [str(seeds)], "prompts_dir": str(ROOT / "prompts"), "stages": stages,
         "models": {"api": {"provider": "openai_compatible", "model": "m",
                            "base_url": "http://localhost:1/v1"}}})
@@ -102,7 +103,7 @@ def test_an_api_model_is_rendered_but_not_measured(tmp_path):
 
 
 def test_a_template_with_no_room_for_any_seed_is_blamed_not_the_seed(tmp_path):
-    cfg = Pipeline.model_validate({"seeds": [str(ROOT / "seeds" / "seed_tasks.jsonl")],
+    cfg = PipelineConfig.model_validate({"seeds": [str(ROOT / "seeds" / "seed_tasks.jsonl")],
                                    "prompts_dir": str(ROOT / "prompts"),
                                    "models": {"local": {"n_ctx": 1024}}})
     with pytest.raises(TemplateError) as info:

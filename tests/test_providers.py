@@ -18,7 +18,7 @@ from actors.engine.run_inputs import (
     load_all_seeds,
     load_templates,
 )
-from actors.method.stages import Stages, looks_like_text, response_records
+from actors.method.stages import StageLogic, looks_like_text, response_records
 from actors.providers.api import (
     Secret,
     anthropic_messages,
@@ -110,7 +110,7 @@ def test_missing_key_is_named_without_a_value(tmp_path, monkeypatch):
 
 
 def test_unusable_answers_are_detected_and_recorded():
-    stages = Stages(load_config(ROOT / "pipeline.yaml"),
+    stages = StageLogic(load_config(ROOT / "pipeline.yaml"),
                     load_templates(load_config(ROOT / "pipeline.yaml")))
     garbage = Completion("}{ ## ~~ ^^ ** ;; [[ ]] %% $$", "stop", "m")
     good = Completion(" Write a haiku about rain.\n10. Name three rivers in Asia.", "stop", "m")

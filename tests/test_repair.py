@@ -8,7 +8,7 @@ import json
 import pytest
 
 from actors.cli import main
-from actors.config import Pipeline
+from actors.config import PipelineConfig
 from actors.rundir.runlog import RunDirError, recover
 from tests.test_ledger import MONEY, RAINBOW, Dir, classified, finished, propose_unit
 
@@ -41,7 +41,7 @@ def _run_dir(path):
     d2.ledger.finished("i", [finished(t2)])
     d2.commit()
     d2.writer.close()
-    (path / "run.json").write_text(json.dumps({"config": Pipeline().model_dump()}))
+    (path / "run.json").write_text(json.dumps({"config": PipelineConfig().model_dump()}))
     return [a["id"], b["id"], c["id"], t["id"]]
 
 

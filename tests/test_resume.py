@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.config import Pipeline
+from actors.config import PipelineConfig
 from actors.providers.cache import ResponseCache, cache_key
 from actors.providers.llm import Completion, Request
 from actors.rundir.resume import ResumeError, changes, check_resume, fingerprint
@@ -15,7 +15,7 @@ TEMPLATES = [str(p) for p in sorted((ROOT / "prompts").glob("*.txt"))]
 
 
 def cfg(**stage):
-    c = Pipeline(seeds=[str(ROOT / "seeds" / "seed_tasks.jsonl")])
+    c = PipelineConfig(seeds=[str(ROOT / "seeds" / "seed_tasks.jsonl")])
     for k, v in stage.items():
         setattr(c.stages.propose, k, v)
     return c

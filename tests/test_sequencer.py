@@ -1,6 +1,6 @@
 """Prompt order, lag and leases; the task board; both without Ray."""
 
-from actors.engine.sequencer import Board, Prompts
+from actors.engine.sequencer import Board, PromptSequence
 
 
 def cand(k, j=0):
@@ -8,7 +8,7 @@ def cand(k, j=0):
 
 
 def test_candidates_are_decided_in_prompt_order_whatever_order_they_arrive_in():
-    p = Prompts(lag=10)
+    p = PromptSequence(lag=10)
     assert p.issue("a", new=3, limit=5) == [0, 1, 2]
     assert p.deliver("a", 2, [cand(2)]) and p.take(10) == []  # waits for 0 and 1
     p.deliver("a", 0, [cand(0), cand(0, 1)])
@@ -19,7 +19,7 @@ def test_candidates_are_decided_in_prompt_order_whatever_order_they_arrive_in():
 
 
 def test_no_prompt_runs_more_than_lag_ahead_of_the_decisions():
-    p = Prompts(lag=3)
+    p = PromptSequence(lag=3)
     assert p.issue("a", new=10, limit=10) == [0, 1, 2]
     p.deliver("a", 0, [cand(0)])
     assert p.through() == 0  # its candidate is not decided yet
@@ -29,7 +29,7 @@ def test_no_prompt_runs_more_than_lag_ahead_of_the_decisions():
 
 
 def test_a_lost_proposers_prompts_come_back_first_under_the_same_numbers():
-    p = Prompts(lag=10)
+    p = PromptSequence(lag=10)
     p.issue("a", new=2, limit=2)
     p.issue("b", new=2, limit=2)
     p.deliver("a", 0, [])
@@ -41,7 +41,7 @@ def test_a_lost_proposers_prompts_come_back_first_under_the_same_numbers():
 
 
 def test_resuming_from_answered_prompts_and_their_undecided_candidates():
-    p = Prompts(lag=10, done={0, 1, 3}, pending={1: [cand(1, 2)], 3: [cand(3)]})
+    p = PromptSequence(lag=10, done={0, 1, 3}, pending={1: [cand(1, 2)], 3: [cand(3)]})
     assert p.reissue == [2] and p.next == 4
     assert [c["cid"] for c in p.take(5)] == ["prop_0000001.2"]
     assert p.issue("a", new=0, limit=5) == [2]  # the gap is asked again even with no need

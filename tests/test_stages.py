@@ -1,7 +1,7 @@
-from actors.config import Pipeline
+from actors.config import PipelineConfig
 from actors.engine.summary import acceptance, flow_checks
 from actors.method.prompts import Shot, load_template
-from actors.method.stages import Stages
+from actors.method.stages import StageLogic
 from actors.providers.llm import Completion
 from tests.conftest import ROOT
 
@@ -9,12 +9,12 @@ SHOTS = [Shot(f"seed_task_{i}", f"Seed instruction number {i}.") for i in range(
 
 
 def stages(**modes):
-    cfg = Pipeline()
+    cfg = PipelineConfig()
     names = {"propose": "propose", "classify": "classify",
              "instances_input_first": "instances", "instances_output_first": "instances"}
     templates = {n: load_template(ROOT / "prompts", n, modes.get(s, "completion"))
                  for n, s in names.items()}
-    return Stages(cfg, templates)
+    return StageLogic(cfg, templates)
 
 
 def test_propose_prompt_is_the_papers():

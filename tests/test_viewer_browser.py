@@ -177,7 +177,9 @@ async def _use_the_viewer(tmp_path: Path, page: str) -> None:
 
         # A click on the funnel's dedup/rouge_l bar lists those rejections, and only those.
         await b.click('#fig-funnel a[href="#rejections?stage=dedup&rule=rouge_l"] polygon')
-        await b.until("location.hash === '#rejections?stage=dedup&rule=rouge_l'")
+        # The hash changes first; the table follows on the hashchange event.
+        await b.until("location.hash === '#rejections?stage=dedup&rule=rouge_l' && "
+                      "document.getElementById('v-status').textContent.startsWith('rejections')")
         rows = await b.js(CELLS)
         want = [r for r in REJECTED if r[:2] == ("dedup", "rouge_l")]
         assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
@@ -193,7 +195,8 @@ async def _use_the_viewer(tmp_path: Path, page: str) -> None:
         # A click on a verb beside the ring chart lists that verb's tasks; the whole hash state
         # (another view, a search) is replaced by the link's.
         await b.click('#fig-verb_noun .verbs a[href="#tasks?verb=classify"]')
-        await b.until(f"{ROWS}.length === 2")
+        await b.until("document.getElementById('v-status').textContent.startsWith('tasks') "
+                      f"&& {ROWS}.length === 2")
         assert [row[2] for row in await b.js(CELLS)] == ["classify", "classify"]
         # A task's detail: its instances, the shots and neighbours by their text, the models.
         await b.click("#v-table tbody tr.row")
@@ -247,7 +250,8 @@ async def _at_scale(tmp_path: Path, page: str) -> None:
         verb = await timed(b.click('#fig-verb_noun .verbs a[href="#tasks?verb=classify"]'),
                            "document.getElementById('v-status').textContent"
                            ".endsWith('of 3,334 (filtered from 50,000)')")
-        page2 = await timed(b.click("#v-next"), "location.hash.includes('page=2')")
+        page2 = await timed(b.click("#v-next"), "document.getElementById('v-page')"
+                            ".textContent.startsWith('page 2 of')")
         shot = await b.screenshot(tmp_path / "tasks_50k.png", "#viewer")
         print(f"50k tasks: page load {loaded:.2f} s, first search {first:.2f} s, "
               f"next search {again:.2f} s, verb link {verb:.2f} s, next page {page2:.2f} s")

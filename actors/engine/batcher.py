@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from actors.config import ApiModel, Pipeline
+from actors.config import ApiModel, PipelineConfig
 from actors.engine.batching import BatchBook
 from actors.engine.limits import cost_usd
 from actors.providers.api import Secret
@@ -37,7 +37,7 @@ CANCELLED = Completion("", "cancelled", "", error="the run stopped before its ba
                        "--resume polls the same batch")
 
 
-def batch_stages(cfg: Pipeline) -> list[str]:
+def batch_stages(cfg: PipelineConfig) -> list[str]:
     """The stages whose requests go in provider batches (none while replaying a cache)."""
     if cfg.cache.replay_only:
         return []
@@ -45,7 +45,7 @@ def batch_stages(cfg: Pipeline) -> list[str]:
 
 
 class Batcher:
-    def __init__(self, cfg: Pipeline, out_dir: str, gate: Any,
+    def __init__(self, cfg: PipelineConfig, out_dir: str, gate: Any,
                  keys: dict[str, Secret | None],
                  prefixes: dict[str, tuple[str, ...]]) -> None:
         self.life = uuid.uuid4().hex

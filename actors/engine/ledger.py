@@ -21,13 +21,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.config import Pipeline
-from actors.engine.sequencer import Board, Prompts
+from actors.config import PipelineConfig
+from actors.engine.sequencer import Board, PromptSequence
 from actors.engine.usage import USAGE_KEYS
 from actors.method.dedup_index import RougeIndex
 from actors.method.ids import prompt_number, task_id
 from actors.method.prompts import Shot, sample_shots
-from actors.method.stages import Outcome, Stages
+from actors.method.stages import Outcome, StageLogic
 from actors.rundir.recovery import RunState, completion_of
 from actors.rundir.runlog import DATA_FILES, add_counts
 
@@ -86,8 +86,8 @@ class Ledger:
     `classified` and `finished`; work goes out through `sample` and `take`; `drain` hands the
     records to commit, in order."""
 
-    def __init__(self, cfg: Pipeline, seeds: list[dict[str, Any]], target: int,
-                 state: RunState, stages: Stages) -> None:
+    def __init__(self, cfg: PipelineConfig, seeds: list[dict[str, Any]], target: int,
+                 state: RunState, stages: StageLogic) -> None:
         self.cfg, self.target = cfg, target
         d = cfg.dedup
         self.index = RougeIndex(d.threshold, d.keep_at_threshold, d.neighbour_floor,
@@ -100,7 +100,7 @@ class Ledger:
         for task in state.accepted:  # in acceptance order, so later decisions are the same
             self.index.add(task["id"], task["instruction"])
             self._add_shot(task)
-        self.prompts = Prompts(cfg.stages.propose.machine_shot_lag, state.prompts,
+        self.prompts = PromptSequence(cfg.stages.propose.machine_shot_lag, state.prompts,
                                state.pending_candidates)
         self.board = Board()
         for stage, task in state.open_tasks:  # in acceptance order

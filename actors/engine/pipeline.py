@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from actors import logs
-from actors.config import ApiModel, Pipeline
+from actors.config import ApiModel, PipelineConfig
 from actors.engine.batcher import Batcher, batch_stages
 from actors.engine.gate import Gate
 from actors.engine.metrics import RunMetrics
@@ -40,7 +40,7 @@ from actors.engine.summary import fault_counts, request_errors, run_summary
 from actors.engine.supervisor import DIED, RAISED, RETURNED, UNAVAILABLE, Supervisor
 from actors.engine.usage import saved_usd, spent_usd
 from actors.engine.workers import Classifier, Instancer, Proposer
-from actors.method.stages import Stages
+from actors.method.stages import StageLogic
 from actors.providers.client import client_for
 from actors.providers.local_model import start_local_replicas
 from actors.rundir.prepare import check_out_dir, lock_run_dir, prepare_remote, write_run_json
@@ -70,7 +70,7 @@ QUIET_LOG_MONITOR = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
                      "LOG_NAME_UPDATE_INTERVAL_S": "5"}
 
 
-def init_ray(cfg: Pipeline) -> None:
+def init_ray(cfg: PipelineConfig) -> None:
     """Join the cluster the config or RAY_ADDRESS names (a job's driver has it set), or start
     a new local Ray: never silently join some other cluster running on this machine."""
     if ray.is_initialized():
@@ -108,7 +108,7 @@ def _how(ref: Any) -> tuple[str, str]:
         return RAISED, str(exc)[:300]
 
 
-def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None = None,
+def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, target: int | None = None,
                  progress: bool = True, resume: bool = False,
                  max_cost: float | None = None, resume_command: str = "") -> dict[str, Any]:
     """Run the whole method until `target` tasks are written; returns what run.json holds
@@ -145,7 +145,7 @@ def run_pipeline(cfg: Pipeline, out_dir: str | None = None, target: int | None =
     send_ray_output(out / "ray.log")
     init_ray(cfg)
     node = NodeWatch()
-    stage_logic = Stages(cfg, templates)
+    stage_logic = StageLogic(cfg, templates)
     used = used_models(cfg)
     replicas = {name: start_local_replicas(m, name) for name, m in used.items()
                 if not isinstance(m, ApiModel) and not cfg.cache.replay_only}

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.config import Pipeline
+from actors.config import PipelineConfig
 from actors.engine.ledger import Ledger
-from actors.method.stages import Stages
+from actors.method.stages import StageLogic
 from actors.rundir.recovery import load_state
 from actors.rundir.writer import Writer
 
@@ -29,8 +29,8 @@ MAX_UNCOMMITTED = 20_000
 
 
 class Pool:
-    def __init__(self, cfg: Pipeline, seeds: list[dict[str, Any]], target: int,
-                 stages: Stages, out_dir: str, mirror_uri: str | None = None) -> None:
+    def __init__(self, cfg: PipelineConfig, seeds: list[dict[str, Any]], target: int,
+                 stages: StageLogic, out_dir: str, mirror_uri: str | None = None) -> None:
         self.writer = Writer(out_dir, mirror_uri)
         state = load_state(Path(out_dir), self.writer.committed)
         self.ledger = Ledger(cfg, seeds, target, state, stages)

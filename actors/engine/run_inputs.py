@@ -8,7 +8,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-from actors.config import ApiModel, Pipeline
+from actors.config import ApiModel, PipelineConfig
 from actors.method.prompts import Template, load_template
 from actors.method.seeds import load_seeds
 from actors.providers.api import Secret
@@ -32,18 +32,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def load_templates(cfg: Pipeline) -> dict[str, Any]:
+def load_templates(cfg: PipelineConfig) -> dict[str, Any]:
     """Every template the config needs, loaded before anything starts."""
     return {name: load_template(cfg.prompts_dir, name, getattr(cfg.stages, stage).mode)
             for name, stage in TEMPLATE_STAGES.items()}
 
 
-def used_models(cfg: Pipeline) -> dict[str, Any]:
+def used_models(cfg: PipelineConfig) -> dict[str, Any]:
     return {name: cfg.models[name] for name in dict.fromkeys(
         getattr(cfg.stages, s).model for s in ("propose", "classify", "instances"))}
 
 
-def api_keys(cfg: Pipeline) -> dict[str, Secret | None]:
+def api_keys(cfg: PipelineConfig) -> dict[str, Secret | None]:
     """Each API model's key from the environment variable its config names, read once here so a
     missing key fails before anything starts. The error names the variable, never a value."""
     keys: dict[str, Secret | None] = {}
@@ -72,7 +72,7 @@ def cache_prefixes(templates: dict[str, Template], stage: str) -> tuple[str, ...
                  if TEMPLATE_STAGES[name] == stage and t.fixed_prefix)
 
 
-def load_all_seeds(cfg: Pipeline) -> list[dict[str, Any]]:
+def load_all_seeds(cfg: PipelineConfig) -> list[dict[str, Any]]:
     seeds, seen = [], set()
     for path in cfg.seeds:
         for task in load_seeds(path):

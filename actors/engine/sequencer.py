@@ -1,6 +1,6 @@
 """Work in flight, in an order that does not depend on timing, and leased so none is lost.
 
-`Prompts` numbers the proposal prompts and hands their candidates to deduplication in prompt
+`PromptSequence` numbers the proposal prompts and hands their candidates to deduplication in prompt
 order, whatever order the answers come back in; prompt k may use as machine shots only the
 tasks accepted from prompts before k - lag. So the pool's decisions, the task ids and every
 prompt are a function of the seed and the model's answers alone: a run replayed from the
@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any
 
 
-class Prompts:
+class PromptSequence:
     def __init__(self, lag: int, done: set[int] | None = None,
                  pending: dict[int, list[dict[str, Any]]] | None = None) -> None:
         """`done`: prompts already answered; `pending`: their candidates not yet decided."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.exceptions import RayActorError
 
-from actors.method.stages import Stages
+from actors.method.stages import StageLogic
 from actors.providers.client import LLMClient
 from actors.providers.llm import Completion, make_request
 
@@ -42,7 +42,7 @@ def propose_seed(run_seed: int, k: int) -> int:
 class StageWorker:
     stage = ""
 
-    def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any,
+    def __init__(self, name: str, stages: StageLogic, client: LLMClient, pool: Any,
                  batch_size: int) -> None:
         self.name, self.stages, self.client, self.pool = name, stages, client, pool
         self.batch_size = client.wave or batch_size  # a provider batch's worth, or a lease
@@ -102,7 +102,7 @@ class StageWorker:
 class Proposer(StageWorker):
     stage = "propose"
 
-    def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any) -> None:
+    def __init__(self, name: str, stages: StageLogic, client: LLMClient, pool: Any) -> None:
         super().__init__(name, stages, client, pool, stages.cfg.stages.propose.prompts_per_call)
 
     async def handle(self, work: list[Any]) -> tuple[list[Any], list[str]]:
@@ -119,7 +119,7 @@ class Proposer(StageWorker):
 class Classifier(StageWorker):
     stage = "classify"
 
-    def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any) -> None:
+    def __init__(self, name: str, stages: StageLogic, client: LLMClient, pool: Any) -> None:
         super().__init__(name, stages, client, pool, stages.cfg.actors.tasks_per_lease)
 
     async def handle(self, work: list[Any]) -> tuple[list[Any], list[str]]:
@@ -137,7 +137,7 @@ class Classifier(StageWorker):
 class Instancer(StageWorker):
     stage = "instances"
 
-    def __init__(self, name: str, stages: Stages, client: LLMClient, pool: Any) -> None:
+    def __init__(self, name: str, stages: StageLogic, client: LLMClient, pool: Any) -> None:
         super().__init__(name, stages, client, pool, stages.cfg.actors.tasks_per_lease)
 
     async def handle(self, work: list[Any]) -> tuple[list[Any], list[str]]:

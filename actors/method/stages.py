@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.config import Pipeline
+from actors.config import PipelineConfig
 from actors.method.filters import (
     INSTANCE_RULES,
     INSTRUCTION_RULES,
@@ -105,10 +105,10 @@ def looks_like_text(text: str) -> bool:
     return bool(visible) and sum(ch.isalpha() for ch in visible) >= 0.5 * len(visible)
 
 
-class Stages:
+class StageLogic:
     """The configured stage logic: templates and filter chains built once from the config."""
 
-    def __init__(self, cfg: Pipeline, templates: dict[str, Template]) -> None:
+    def __init__(self, cfg: PipelineConfig, templates: dict[str, Template]) -> None:
         self.cfg = cfg
         self.templates = templates
         self.instruction_chain = build_chain(

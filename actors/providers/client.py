@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.exceptions import RayActorError
 
-from actors.config import ApiModel, Decoding, Pipeline
+from actors.config import ApiModel, Decoding, PipelineConfig
 from actors.engine.limits import cost_usd
 from actors.providers.api import ApiProvider, Secret, make_provider
 from actors.providers.cache import ResponseCache, cache_key
@@ -267,7 +267,7 @@ class LLMClient:
         return c, retried
 
 
-def client_for(cfg: Pipeline, stage: str, replicas: dict[str, list[Any]], gate: Any,
+def client_for(cfg: PipelineConfig, stage: str, replicas: dict[str, list[Any]], gate: Any,
                keys: dict[str, Secret | None], cache_path: str | None,
                prefixes: tuple[str, ...] = (), batcher: Any = None) -> LLMClient:
     """The client a stage's actors get, for the model the config names for that stage."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.method.ids import classify_id, instances_id, prompt_number
-from actors.method.stages import Stages
+from actors.method.stages import StageLogic
 from actors.providers.llm import Completion
 from actors.rundir.runlog import Committed, read_committed
 
@@ -26,7 +26,7 @@ def completion_of(rec: dict[str, Any]) -> Completion:
 
 
 def labelled(task: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
-    is_cls, answer = Stages.classify_answer(completion_of(rec))
+    is_cls, answer = StageLogic.classify_answer(completion_of(rec))
     return {**task, "is_classification": is_cls,
             "classify": {"model": rec["model"], "response_id": rec["id"], "answer": answer}}
 

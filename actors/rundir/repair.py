@@ -2,7 +2,7 @@
 program, from what the commits vouch for.
 
 Every dataset line follows from committed records: the accepted task, its classify answer and
-its instance answer (Stages.instance_outcome, as a resumed run rebuilds a line it had not yet
+its instance answer (StageLogic.instance_outcome, as a resumed run rebuilds a line it had not yet
 written). Replaying the commit log batch by batch, with the rule that orders the dataset
 (acceptance order; a stop writes every finished task), gives the file back line for line. The
 damaged file is kept beside it; the rebuilt one replaces it whole.
@@ -17,10 +17,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from actors.config import Pipeline
+from actors.config import PipelineConfig
 from actors.files import replaced_on_success
 from actors.method.ids import task_of
-from actors.method.stages import Stages
+from actors.method.stages import StageLogic
 from actors.rundir.prepare import lock_run_dir
 from actors.rundir.recovery import completion_of, labelled
 from actors.rundir.runlog import COMMITS, DATA_FILES, RunDirError, read_committed, recover
@@ -40,7 +40,7 @@ def _commits(run_dir: Path) -> list[dict[str, int]]:
     return out
 
 
-def rebuild_dataset(run_dir: Path, stages: Stages) -> list[dict[str, Any]]:
+def rebuild_dataset(run_dir: Path, stages: StageLogic) -> list[dict[str, Any]]:
     """Every dataset line the commits vouch for, in the order the run wrote them."""
     batches = _commits(run_dir)
     readers = {name: read_committed(run_dir, name, sum(b.get(name, 0) for b in batches))
@@ -120,12 +120,12 @@ def _repair(run_dir: Path) -> dict[str, Any]:
     if len(have) >= want:
         return {"status": "intact", "dataset_lines": want}
     try:
-        cfg = Pipeline.model_validate(json.loads(run_json.read_text())["config"])
+        cfg = PipelineConfig.model_validate(json.loads(run_json.read_text())["config"])
     except (OSError, ValueError, KeyError) as exc:
         raise RunDirError(f"{run_json}: cannot read the run's config, which rebuilding needs "
                           f"({str(exc).splitlines()[0][:120]})") from None
     rebuilt = [json.dumps(r, ensure_ascii=False) + "\n"
-               for r in rebuild_dataset(run_dir, Stages(cfg, {}))]
+               for r in rebuild_dataset(run_dir, StageLogic(cfg, {}))]
     for k, line in enumerate(have):
         if line + b"\n" != rebuilt[k].encode():
             raise RunDirError(f"{path}:{k + 1}: differs from the line the commits rebuild, so "

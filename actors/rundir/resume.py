@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from actors.config import Pipeline
+from actors.config import PipelineConfig
 
 # Per stage: which model serves it, how many requests it keeps in flight, and whether they
 # go online or in provider batches may change.
@@ -27,7 +27,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fingerprint(cfg: Pipeline, template_paths: list[str]) -> dict[str, Any]:
+def fingerprint(cfg: PipelineConfig, template_paths: list[str]) -> dict[str, Any]:
     stages = {name: {k: v for k, v in conf.items() if k not in FREE_STAGE_KEYS}
               for name, conf in cfg.stages.model_dump().items()}
     return {

@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from actors.config import ApiModel, ConfigError, LocalModel, Pipeline
+from actors.config import ApiModel, ConfigError, LocalModel, PipelineConfig
 from actors.engine.gate import Gate
 from actors.engine.pipeline import init_ray
 from actors.engine.run_inputs import api_keys
@@ -27,7 +27,7 @@ from actors.providers.local_model import start_local_replicas
 STAGE = "classify"
 
 
-def model_names(cfg: Pipeline, names: Iterable[str], source: str, flag: str) -> list[str]:
+def model_names(cfg: PipelineConfig, names: Iterable[str], source: str, flag: str) -> list[str]:
     """The names, each checked against the config's `models:` (in order, once each)."""
     out = list(dict.fromkeys(names))
     for name in out:
@@ -37,8 +37,8 @@ def model_names(cfg: Pipeline, names: Iterable[str], source: str, flag: str) -> 
     return out
 
 
-def for_model(cfg: Pipeline, name: str, max_in_flight: int = 16,
-              parse_retries: int = 0) -> Pipeline:
+def for_model(cfg: PipelineConfig, name: str, max_in_flight: int = 16,
+              parse_retries: int = 0) -> PipelineConfig:
     """The config with every stage served by `name`: what api_keys and client_for read."""
     stages = {s: getattr(cfg.stages, s).model_copy(update={
         "model": name, "max_in_flight_per_actor": max_in_flight, "parse_retries": parse_retries})
@@ -50,7 +50,7 @@ class Asker:
     """Ray, the gate for the API models among `names`, and the embedded model's replicas
     (started when a client first needs them, stopped by `release`)."""
 
-    def __init__(self, cfg: Pipeline, names: list[str], cache_path: str | None,
+    def __init__(self, cfg: PipelineConfig, names: list[str], cache_path: str | None,
                  max_cost: float | None = None, spent: float = 0.0) -> None:
         self.cfg = cfg
         self.cache_path = cache_path
@@ -96,7 +96,7 @@ class Asker:
             ray.kill(self.gate)
 
 
-def ask_all(cfg: Pipeline, name: str, requests: list[Request], cache_path: str | None,
+def ask_all(cfg: PipelineConfig, name: str, requests: list[Request], cache_path: str | None,
             holder: str, max_in_flight: int = 16) -> list[Completion]:
     """Every request to model `name`, concurrently (at most max_in_flight at a time)."""
     asker = Asker(cfg, [name], cache_path)

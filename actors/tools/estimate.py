@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from actors.config import ApiModel, Pipeline
+from actors.config import ApiModel, PipelineConfig
 from actors.engine.limits import cost_usd
 from actors.method.prompts import Shot, Template, number_shots, sample_shots
 
@@ -60,7 +60,7 @@ def observed_rates(run_dir: str | Path, prior: Rates = Rates()) -> Rates:
                    task_success=rate("task", prior.task_success), **out)
 
 
-def prompt_tokens(cfg: Pipeline, templates: dict[str, Template], seeds: list[dict[str, Any]]
+def prompt_tokens(cfg: PipelineConfig, templates: dict[str, Template], seeds: list[dict[str, Any]]
                   ) -> dict[str, tuple[float, float]]:
     """Per stage: (tokens per prompt, of which a fixed prefix), from rendered prompts."""
     def tokens(prompt: str | list[dict[str, str]]) -> float:
@@ -87,7 +87,7 @@ def prompt_tokens(cfg: Pipeline, templates: dict[str, Template], seeds: list[dic
             "instances": (sum(instances) / len(instances), fixed(inst_t))}
 
 
-def estimate(cfg: Pipeline, target: int, templates: dict[str, Template],
+def estimate(cfg: PipelineConfig, target: int, templates: dict[str, Template],
              seeds: list[dict[str, Any]], rates: Rates = Rates()) -> dict[str, Any]:
     admitted = target / max(rates.task_success, 1e-6)
     candidates = admitted / max(rates.dedup_keep, 1e-6)
@@ -146,7 +146,7 @@ def _rounded(minutes: float | None) -> float | None:
     return None if minutes is None else round(minutes, 1)
 
 
-def batch_minutes(cfg: Pipeline, stages: dict[str, Any], batched: list[str],
+def batch_minutes(cfg: PipelineConfig, stages: dict[str, Any], batched: list[str],
                   online_minutes: float | None) -> float:
     """Time with `batched` stages in provider batches: each wave waits a batch's turnaround.
     A stage's wave is what its batches in flight hold (a proposal wave also cannot run past

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from actors.config import ApiModel, Decoding, Pipeline
+from actors.config import ApiModel, Decoding, PipelineConfig
 from actors.engine.usage import spent_usd, summarize
 from actors.method.prompts import Template, load_template
 from actors.method.seeds import SeedTask, load_seeds
@@ -448,7 +448,7 @@ class EvalOptions:
         return Decoding(mode="chat", temperature=0.0, max_tokens=self.judge_max_tokens)
 
 
-def eval_fingerprint(cfg: Pipeline, opts: EvalOptions) -> dict[str, Any]:
+def eval_fingerprint(cfg: PipelineConfig, opts: EvalOptions) -> dict[str, Any]:
     """What decides the answers and grades; a resume must match it (models may be added)."""
     return {
         "tasks_file": {Path(opts.tasks).name: _sha256(opts.tasks)},
@@ -676,7 +676,7 @@ class Evaluation:
         self.files.close()
 
 
-def evaluate(cfg: Pipeline, opts: EvalOptions, out_dir: str | Path,
+def evaluate(cfg: PipelineConfig, opts: EvalOptions, out_dir: str | Path,
              resume: bool = False) -> dict[str, Any]:
     """Answer, grade (and compare), then write summary.json and the report; returns the
     summary. Everything already committed in `out_dir` is kept and not asked again."""

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.config import LocalModel, Pipeline
+from actors.config import LocalModel, PipelineConfig
 from actors.method.prompts import Shot, Template, TemplateError
 from actors.method.seeds import SeedTask, load_seeds
-from actors.method.stages import Stages
+from actors.method.stages import StageLogic
 
 # Tokens a chat template adds around each message, and for the assistant's turn (ChatML, the
 # embedded model's, adds 5 and 3): chat prompts are counted from their contents plus this.
@@ -100,7 +100,7 @@ def _problems(fits: list[PromptFit]) -> list[str]:
     return lines
 
 
-def _prompts(stages: Stages, stage: str, shots: list[Shot]) -> dict[str, Prompt]:
+def _prompts(stages: StageLogic, stage: str, shots: list[Shot]) -> dict[str, Prompt]:
     """What a stage sends, by template: the propose prompt with these shots; the others with
     the first one's instruction (both instance modes, as a task may be either kind)."""
     if stage == "propose":
@@ -111,7 +111,7 @@ def _prompts(stages: Stages, stage: str, shots: list[Shot]) -> dict[str, Prompt]
         {"instruction": shots[0].instruction, "is_classification": c}) for c in (False, True)}
 
 
-def check_prompts(cfg: Pipeline, templates: dict[str, Template],
+def check_prompts(cfg: PipelineConfig, templates: dict[str, Template],
                   counter: Callable[[LocalModel], TokenCounter] = gguf_counter
                   ) -> list[PromptFit]:
     """Render every template the run uses as its stage does, around the longest seeds (the
@@ -121,7 +121,7 @@ def check_prompts(cfg: Pipeline, templates: dict[str, Template],
     Raises TemplateError naming the template and the unknown placeholder, or each seed that
     does not fit by file:line and id with what to change; returns the measurements otherwise."""
     seeds = [task for path in cfg.seeds for task in load_seeds(path)]
-    stages = Stages(cfg, templates)
+    stages = StageLogic(cfg, templates)
     sizes: dict[str, tuple[TokenCounter | None, list[int]]] = {}
     fits: list[PromptFit] = []
     for stage in ("propose", "classify", "instances"):
