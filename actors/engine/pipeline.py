@@ -42,7 +42,7 @@ from actors.engine.usage import saved_usd, spent_usd
 from actors.engine.workers import Classifier, Instancer, Proposer
 from actors.method.stages import StageLogic
 from actors.providers.client import client_for
-from actors.providers.local_model import start_local_replicas
+from actors.providers.local_model import stage_prefixes, start_local_replicas
 from actors.rundir.prepare import check_out_dir, lock_run_dir, prepare_remote, write_run_json
 from actors.rundir.remote import Mirror, is_remote, staging_dir
 from actors.rundir.resume import check_resume, fingerprint
@@ -147,7 +147,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, target: int | 
     node = NodeWatch()
     stage_logic = StageLogic(cfg, templates)
     used = used_models(cfg)
-    replicas = {name: start_local_replicas(m, name) for name, m in used.items()
+    replicas = {name: start_local_replicas(m, name, stage_prefixes(cfg, templates, name))
+                for name, m in used.items()
                 if not isinstance(m, ApiModel) and not cfg.cache.replay_only}
     cache_path = cfg.cache.path or str(out / "cache.sqlite")
     # The pool (the run's state and its files) and the gate live on the driver's node, where

@@ -18,6 +18,7 @@ from actors.engine.limits import cost_usd
 from actors.providers.api import ApiProvider, Secret, make_provider
 from actors.providers.cache import ResponseCache, cache_key
 from actors.providers.llm import Attempt, Completion, Request
+from actors.providers.local_model import home_replica, pick_replica
 
 # A slot handed on to the actor's next request is reported to the gate within this long.
 HANDOFF_REPORT_S = 0.2
@@ -33,7 +34,8 @@ def estimate_tokens(prompt: str | list[dict[str, str]]) -> int:
 
 @dataclass
 class LocalBackend:
-    """The embedded model's replicas: least-loaded first, a lost replica's share to the rest."""
+    """The embedded model's replicas: the stage's home replica (which holds its prefix)
+    unless it is much more loaded, else the least loaded; a lost replica's share to the rest."""
 
     replicas: list[Any]
     stage: str
@@ -51,7 +53,7 @@ class LocalBackend:
             live = [i for i in range(len(self.replicas)) if i not in self._lost]
             if not live:
                 return Completion("", "error", self.model, error="every model replica is gone")
-            k = min(live, key=self._outstanding.__getitem__)
+            k = pick_replica(self._outstanding, live, home_replica(self.stage, len(self.replicas)))
             self._outstanding[k] += 1
             try:
                 return await self.replicas[k].complete.remote(req, self.stage)
