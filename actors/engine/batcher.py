@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from actors.config import ApiModel, PipelineConfig
-from actors.engine.batching import BatchBook
+from actors.engine.batching import BatchBook, Sorted
 from actors.engine.limits import cost_usd
 from actors.providers.api import Secret
 from actors.providers.batch_api import BatchApi, make_batch_api
@@ -178,15 +178,15 @@ class Batcher:
     async def _submit(self, stage: str, batch: list[tuple[str, Request]]) -> None:
         ids = [cid for cid, _ in batch]
         model = self.model_of[stage]
-        grant = await self.gate.acquire_batch.remote(model, HOLDER, self.life,
-                                                     self._worst_usd(stage, batch))
-        if grant is None:
-            self.book.refused(ids, Completion("", "cancelled", self.models[stage].label,
-                                              error=BUDGET_REACHED))
-            self._deliver(ids)
-            return
         backoff = 1.0
         while True:
+            grant = await self.gate.acquire_batch.remote(model, HOLDER, self.life,
+                                                         self._worst_usd(stage, batch))
+            if grant is None:
+                self.book.refused(ids, Completion("", "cancelled", self.models[stage].label,
+                                                  error=BUDGET_REACHED))
+                self._deliver(ids)
+                return
             try:
                 bid = await self.apis[stage].submit(batch)
                 break
@@ -199,14 +199,6 @@ class Batcher:
                 backoff = min(backoff * 2, 60.0)
                 if self.stopping:
                     self.book.not_sent(ids, time.monotonic())
-                    return
-                grant = await self.gate.acquire_batch.remote(
-                    model, HOLDER, self.life, self._worst_usd(stage, batch))
-                if grant is None:
-                    self.book.refused(ids, Completion("", "cancelled",
-                                                      self.models[stage].label,
-                                                      error=BUDGET_REACHED))
-                    self._deliver(ids)
                     return
         try:
             self.log.submitted(bid, stage, model, ids)  # before the first poll
@@ -245,6 +237,10 @@ class Batcher:
         for kind, n in done.failed.items():
             self.counts["failed"][kind] = self.counts["failed"].get(kind, 0) + n
         self.counts["requeued"] += len(done.requeued)
+        self._hand_out(stage, done)
+
+    def _hand_out(self, stage: str, done: Sorted) -> None:
+        """An ended batch's answers to their askers; its failed items asked again."""
         self._deliver(list(done.deliver))
         for cid, req in done.retry_online.items():
             self._spawn(self._online(stage, cid, req))
@@ -273,12 +269,8 @@ class Batcher:
         async def again() -> None:
             try:
                 items = await self._results(stage, bid)
-                done = self.book.ended(bid, items, time.monotonic(),
-                                       self._answerer(stage, bid, ""))
-                self._deliver(list(done.deliver))
-                for cid, req in done.retry_online.items():
-                    self._spawn(self._online(stage, cid, req))
-                self._wake()
+                self._hand_out(stage, self.book.ended(bid, items, time.monotonic(),
+                                                      self._answerer(stage, bid, "")))
             finally:
                 self.refetching.discard(bid)
 

@@ -15,14 +15,11 @@ from typing import Any
 from actors.config import ModelBatches, StageBatches
 from actors.providers.llm import Request
 
-FAILURES = ("errored", "expired", "cancelled")
-
 
 @dataclass
 class Waiting:
     request: Request
     since: float
-    tries: int = 0  # batches it has failed in
 
 
 @dataclass
@@ -72,7 +69,7 @@ class BatchBook:
         if (bid := self.where.get(cid)) is not None:
             self.requests[cid] = req
             return "ended" if self.out[bid].ended else "out"
-        self.waiting[stage][cid] = Waiting(req, now, self.tries.get(cid, 0))
+        self.waiting[stage][cid] = Waiting(req, now)
         return "queued"
 
     def take(self, cid: str) -> Any:
@@ -86,18 +83,17 @@ class BatchBook:
         return self.submitting[stage] + sum(1 for b in self.out.values()
                                             if b.stage == stage and not b.ended)
 
-    def due(self, stage: str, model: str, now: float, force: bool = False
-            ) -> list[tuple[str, Request]]:
+    def due(self, stage: str, model: str, now: float) -> list[tuple[str, Request]]:
         """The next batch to send for `stage`, oldest requests first: when enough wait, or
-        the oldest has waited `max_wait_s` (or `force`, at a stop), and the stage has room
-        for another batch. Empty when none is due."""
+        the oldest has waited `max_wait_s`, and the stage has room for another batch. Empty
+        when none is due."""
         conf, limit = self.stages[stage], self.models[model]
         waiting = self.waiting[stage]
         if not waiting or self.open_batches(stage) >= conf.max_in_flight:
             return []
         size = min(conf.max_requests, limit.max_requests_per_batch)
         oldest = min(w.since for w in waiting.values())
-        if len(waiting) < size and now - oldest < conf.max_wait_s and not force:
+        if len(waiting) < size and now - oldest < conf.max_wait_s:
             return []
         batch: list[tuple[str, Request]] = []
         total = 0
@@ -132,7 +128,7 @@ class BatchBook:
         self.submitting[self.sending[ids[0]]] -= 1
         for cid in ids:
             stage = self.sending.pop(cid)
-            self.waiting[stage][cid] = Waiting(self.requests[cid], now, self.tries.get(cid, 0))
+            self.waiting[stage][cid] = Waiting(self.requests[cid], now)
 
     def refused(self, ids: list[str], answer: Any) -> None:
         """The budget refused the batch: its items are answered `answer` (not sent)."""
@@ -171,7 +167,7 @@ class BatchBook:
                     out.retry_online[cid] = req
                 else:
                     del self.where[cid]
-                    self.waiting[batch.stage][cid] = Waiting(req, now, self.tries[cid])
+                    self.waiting[batch.stage][cid] = Waiting(req, now)
                     out.requeued.append(cid)
                 continue
             self.ready[cid] = answer(item)

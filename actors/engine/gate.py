@@ -108,7 +108,7 @@ class Gate:
 
     def handoff(self, model: str, holder: str) -> bool:
         """Whether `holder` may give a finished request's slot straight to its own next
-        request and tell the gate afterwards (settle_many's `release` False), saving two
+        request and tell the gate afterwards (settle_many's 'handed'), saving two
         calls a request. Only where no rule needs to see each request start: no per-minute
         limit, no back-off after a 429, no budget cap; and only while the holder holds no
         more than its share of the model's cap, or nobody else waits for a slot."""
@@ -162,14 +162,12 @@ class Gate:
         if (held := self.batch_grants.pop(grant_id, None)) is None:
             return
         model, holder, worst = held
-        for kind, k in (http_faults or {}).items():
-            self.faults[model][kind] = self.faults[model].get(kind, 0) + k
+        self._count_faults(model, http_faults or {})
         self.batches_out[model] -= 1
         self.budget.settle(worst, cost_usd)
         n = answered + sum(failed.values())
         self.requests[model][holder] = self.requests[model].get(holder, 0) + n
-        for kind, k in failed.items():
-            self.faults[model][f"batch_{kind}"] = self.faults[model].get(f"batch_{kind}", 0) + k
+        self._count_faults(model, {f"batch_{kind}": k for kind, k in failed.items()})
         if answered:
             self.failures_in_row[model] = 0
         elif n or error:
@@ -196,9 +194,12 @@ class Gate:
                 self._wake(model)
             else:
                 self.settle(model, grant_id, usage, error)
-            for kind, n in faults.items():
-                self.faults[model][kind] = self.faults[model].get(kind, 0) + n
+            self._count_faults(model, faults)
         return self.handoff(model, holder)
+
+    def _count_faults(self, model: str, faults: dict[str, int]) -> None:
+        for kind, n in faults.items():
+            self.faults[model][kind] = self.faults[model].get(kind, 0) + n
 
     def settle(self, model: str, grant_id: int, usage: dict[str, float], error: str = "") -> None:
         """The request ended (answered, or failed after the SDK's retries); `usage` holds its
