@@ -342,6 +342,10 @@ class Actors(Strict):
     proposer: ActorResources = Field(default_factory=ActorResources)
     classifier: ActorResources = Field(default_factory=ActorResources)
     instancer: ActorResources = Field(default_factory=ActorResources)
+    share_processes: bool = Field(
+        True, description="the stage workers that ask for the same resources share one Ray "
+        "worker process (a host), and the gate the pool's: each process costs about 0.5-0.9% "
+        "of a core while a run waits; false: one process each")
     tasks_per_lease: int = Field(8, ge=1, description="tasks a classifier or instance actor "
                                  "takes from the pool at a time (its requests go together)")
 

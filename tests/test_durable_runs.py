@@ -94,13 +94,16 @@ def _actor_pids(name: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("victim", ["Instancer", "Pool", "Proposer"])
-def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path, victim):
-    """An instance actor or a proposer comes back and the work it held is handed out again
-    (its new life's first call to the pool says so); the pool, which is also the run
-    directory's writer, comes back and rebuilds itself from the files; the run reaches its
-    target."""
-    cfg, out, target = config(tmp_path), tmp_path / "run", 6
+@pytest.mark.parametrize("victim,share", [("Instancer", False), ("Pool", True),
+                                          ("Proposer", True)])
+def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path, victim, share):
+    """An instance actor in a process of its own, or the process every stage worker shares
+    (`ray::Proposer+Classifier+Instancer`), comes back and the work it held is handed out
+    again (a worker's new life's first call to the pool says so); the pool, which is also the
+    run directory's writer, comes back (with the gate, where a run has one) and rebuilds
+    itself from the files; the run reaches its target."""
+    cfg = config(tmp_path, actors={"share_processes": share})
+    out, target = tmp_path / "run", 6
     proc = start(cfg, out, target)
     try:
         # Once tasks are being classified, every kind of actor holds work in flight.

@@ -211,6 +211,24 @@ def test_an_exchange_waits_for_work_and_wakes_when_it_comes(tmp_path):
     assert [t["instruction"] for t in lines(tmp_path / "accepted.jsonl")] == [RAINBOW]
 
 
+def test_a_replaced_lifes_waiting_exchange_takes_no_work(tmp_path):
+    """The call a dead process left waiting at the pool returns empty-handed once the
+    worker's new life has called: the task goes to the new life, not into the void."""
+    async def scenario():
+        pool = _pool(tmp_path)
+        orphan = asyncio.ensure_future(pool.exchange("c", "old", "classify", [], [], 8))
+        await asyncio.sleep(0.05)
+        fresh = asyncio.ensure_future(pool.exchange("c", "new", "classify", [], [], 8))
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(orphan, 5) == []
+        (k, _), = await pool.exchange("p", "1", "propose", [], [], 1)
+        await pool.exchange("p", "1", "propose", [propose_unit(k, RAINBOW)], [], 1)
+        assert [t["instruction"] for t in await asyncio.wait_for(fresh, 5)] == [RAINBOW]
+        await pool.finish()
+
+    asyncio.run(scenario())
+
+
 def test_the_pool_commits_in_the_background_and_the_driver_sees_tasks(tmp_path):
     async def scenario():
         pool = _pool(tmp_path, target=1)

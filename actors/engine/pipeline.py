@@ -25,6 +25,7 @@ from actors import logs
 from actors.config import ApiModel, PipelineConfig
 from actors.engine.batcher import Batcher, batch_stages
 from actors.engine.gate import Gate
+from actors.engine.host import Part, host_name, place, stage_groups
 from actors.engine.metrics import RunMetrics
 from actors.engine.pool import Pool
 from actors.engine.raynode import NodeWatch, send_ray_output
@@ -152,12 +153,20 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, target: int | 
                 if not isinstance(m, ApiModel) and not cfg.cache.replay_only}
     cache_path = cfg.cache.path or str(out / "cache.sqlite")
     # The pool (the run's state and its files) and the gate live on the driver's node, where
-    # --out is, so losing another node loses neither.
+    # --out is, so losing another node loses neither; in one process unless told otherwise.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     api = {name: m for name, m in used.items() if isinstance(m, ApiModel)}
-    pinned = ray.remote(num_cpus=0, max_restarts=3, scheduling_strategy=here)
-    gate = pinned(Gate).remote(api, cfg.run.max_cost, spent_usd(committed.usage)) \
-        if api else None
+    pinned = {"num_cpus": 0, "max_restarts": 3, "scheduling_strategy": here}
+    hub: dict[str, Part] = {"pool": (Pool, (cfg, seeds, target, stage_logic, str(out),
+                                           mirror.uri if mirror else None))}
+    if api:
+        hub["gate"] = (Gate, (api, cfg.run.max_cost, spent_usd(committed.usage)))
+    parts: dict[str, Any] = {}
+    processes: dict[str, Any] = {}
+    for group in ([hub] if cfg.actors.share_processes else [{k: v} for k, v in hub.items()]):
+        handles, processes[host_name(group).lower()] = place(group, pinned)
+        parts.update(handles)
+    pool, gate = parts["pool"], parts.get("gate")
 
     batcher = None
     if batched := batch_stages(cfg):
@@ -167,26 +176,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, target: int | 
         found = ray.get(batcher.start.remote())
         if found:
             log.info("batches_found", batches=found)
+        processes["batcher"] = batcher
 
-    def client(stage: str) -> Any:
-        return client_for(cfg, stage, replicas, gate, keys, cache_path,
-                          cache_prefixes(templates, stage), batcher)
-
-    pool = pinned(Pool).remote(cfg, seeds, target, stage_logic, str(out),
-                               mirror.uri if mirror else None)
-    a = cfg.actors
-    spread = {"scheduling_strategy": "SPREAD"} if a.spread else {}
-    workers: dict[str, Any] = {}
-    for kind, cls, count, res, stage in (
-            ("proposer", Proposer, a.proposers, a.proposer, "propose"),
-            ("classifier", Classifier, 1, a.classifier, "classify"),
-            ("instancer", Instancer, a.instancers, a.instancer, "instances")):
-        for i in range(count):
-            name = kind if kind == "classifier" else f"{kind}-{i}"
-            options = {**res.options(), **(spread if kind != "classifier" else {}),
-                       **RESTARTABLE}
-            workers[name] = ray.remote(**options)(cls).remote(
-                name, stage_logic, client(stage), pool)
+    workers = _start_workers(cfg, stage_logic, pool, processes, lambda stage: client_for(
+        cfg, stage, replicas, gate, keys, cache_path, cache_prefixes(templates, stage),
+        batcher))
     loops = {name: handle.run.remote() for name, handle in workers.items()}
 
     flag = _StopFlag()
@@ -290,9 +284,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, target: int | 
         flag.reason = "failed"
         log.info("ray_lost", error=node.reason)
         node.stop()
-    cpu = _cpu_seconds({"pool": pool, **({"gate": gate} if gate is not None else {}),
-                        **workers, **{f"{n}-replica-{i}": r for n, rs in replicas.items()
-                                      for i, r in enumerate(rs)}}) if alive else {}
+    cpu = _cpu_seconds({**processes, **{f"{n}-replica-{i}": r for n, rs in replicas.items()
+                                        for i, r in enumerate(rs)}}) if alive else {}
     gate_stats = _informative(gate.stats) if gate is not None and alive else {}
     batch_stats = _informative(batcher.stats) if batcher is not None and alive else {}
     if final is None:  # the pool could not finish: the files are the truth
@@ -323,11 +316,39 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, target: int | 
         mirror.publish(out)  # dataset.jsonl, run.json, ... beside the segments
     log.info("run_end", status=summary["status"], tasks=summary["tasks"],
              pending=summary["pending"], wall_s=summary["timings"]["wall_s"])
-    for handle in [*workers.values(), pool, *[r for rs in replicas.values() for r in rs],
-                   *([gate] if gate is not None else []),
-                   *([batcher] if batcher is not None else [])] if alive else []:
+    for handle in [*processes.values(), *[r for rs in replicas.values() for r in rs]
+                   ] if alive else []:
         ray.kill(handle)
     return summary
+
+
+WORKERS = {"proposer": Proposer, "classifier": Classifier, "instancer": Instancer}
+
+
+def _start_workers(cfg: PipelineConfig, stage_logic: StageLogic, pool: Any,
+                   processes: dict[str, Any], client: Any) -> dict[str, Any]:
+    """The stage workers, in as few processes as `actors.share_processes` allows: a handle
+    per worker name; each process is added to `processes`."""
+    a = cfg.actors
+    kinds = {"proposer": (a.proposers, a.proposer, "propose"),
+             "classifier": (1, a.classifier, "classify"),
+             "instancer": (a.instancers, a.instancer, "instances")}
+    listed = [(kind, kind if kind == "classifier" else f"{kind}-{i}", res)
+              for kind, (count, res, _) in kinds.items() for i in range(count)]
+    kind_of = {name: kind for kind, name, _ in listed}
+    workers: dict[str, Any] = {}
+    for group in stage_groups(listed, a.share_processes):
+        # A host asks for what one of its workers would: they ask alike, and one process
+        # runs Python on one core at a time.
+        options = {**kinds[kind_of[group[0]]][1].options(), **RESTARTABLE}
+        if a.spread and any(kind_of[n] != "classifier" for n in group):
+            options["scheduling_strategy"] = "SPREAD"
+        handles, actor = place({n: (WORKERS[kind_of[n]], (n, stage_logic,
+                                                         client(kinds[kind_of[n]][2]), pool))
+                                for n in group}, options)
+        processes["+".join(group)] = actor
+        workers.update(handles)
+    return workers
 
 
 def _show(bar: Any, stats: dict[str, Any], started: float, api: bool) -> None:

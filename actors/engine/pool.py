@@ -73,7 +73,9 @@ class Pool:
             # Workers already waiting for work go first (they were woken just now and run on
             # this yield): the one returning results must not take every new batch in turn.
             await asyncio.sleep(0)
-        while not self.stopping:
+        # A call from a life that has since been replaced waits for nobody: the work it took
+        # would be leased to the worker's name and never done.
+        while not self.stopping and self.lives[worker] == life:
             work = (self.ledger.sample(worker, n) if stage == "propose"
                     else self.ledger.take(worker, stage, n))
             if work:
