@@ -331,10 +331,10 @@ class ActorResources(Strict):
 
 
 class Actors(Strict):
-    # One of each: a stage actor only dispatches requests (the model runs in the API or the
-    # replicas), one keeps max_in_flight_per_actor going, and each Ray worker process costs
-    # about 0.8% of a core even while it waits (benchmarks/README.md, idle). A cluster may
-    # want more, spread over its nodes.
+    # One of each, in one process: a stage worker only dispatches requests (the model runs in
+    # the API or the replicas), one keeps max_in_flight_per_actor going, and each Ray worker
+    # process costs 0.5-0.9% of a core even while it waits (benchmarks/README.md, idle). A
+    # cluster may want more, spread over its nodes.
     proposers: int = Field(1, ge=1)
     instancers: int = Field(1, ge=1)
     spread: bool = Field(True, description="place proposers and instance actors on as many "

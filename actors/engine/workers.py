@@ -45,7 +45,7 @@ class StageWorker:
     def __init__(self, name: str, stages: StageLogic, client: LLMClient, pool: Any,
                  batch_size: int) -> None:
         self.name, self.stages, self.client, self.pool = name, stages, client, pool
-        self.batch_size = client.wave or batch_size  # a provider batch's worth, or a lease
+        self.batch_size = client.lease or batch_size
         self.batches = 0
         self.life = uuid.uuid4().hex  # a restarted actor is a new life: see Pool.exchange
         client.bind(name, self.life)

@@ -214,7 +214,11 @@ class LLMClient:
 
     backend: LocalBackend | ApiBackend | BatchBackend | None
     max_in_flight: int = 16
-    wave: int = 0  # delivery: batch: tasks a worker leases at once (a batch's worth)
+    # Tasks (or prompts) a worker leases from the pool at a time; 0: the stage's own size.
+    # A provider batch's worth for delivery: batch. One for the embedded model: each of its
+    # requests takes seconds, so a Ray call per result costs nothing, and a result waiting
+    # for the rest of its lease would hold back the first tasks (benchmarks/README.md).
+    lease: int = 0
     stage: str = "propose"
     model: str = ""
     cache_path: str | None = None
@@ -276,17 +280,17 @@ def client_for(cfg: PipelineConfig, stage: str, replicas: dict[str, list[Any]], 
     conf = getattr(cfg.stages, stage)
     model = cfg.models[conf.model]
     backend: LocalBackend | ApiBackend | BatchBackend | None
-    in_flight, wave = conf.max_in_flight_per_actor, 0
+    in_flight, lease = conf.max_in_flight_per_actor, 0
     if cfg.cache.replay_only:
         backend = None
     elif conf.delivery == "batch":
         backend = BatchBackend(batcher, stage, model.label)
-        wave = conf.batch.max_requests
-        in_flight = wave * conf.batch.max_in_flight
+        lease = conf.batch.max_requests
+        in_flight = lease * conf.batch.max_in_flight
     elif isinstance(model, ApiModel):
         backend = ApiBackend(model, conf.model, keys.get(conf.model), gate, prefixes)
     else:
-        backend = LocalBackend(replicas[conf.model], stage, model.label)
-    return LLMClient(backend, in_flight, wave, stage, model.label,
+        backend, lease = LocalBackend(replicas[conf.model], stage, model.label), 1
+    return LLMClient(backend, in_flight, lease, stage, model.label,
                      cache_path if cfg.cache.enabled else None, cfg.cache.replay_only,
                      conf.parse_retries, conf.retry_temperature)
