@@ -92,12 +92,12 @@ def test_job_on_two_nodes_survives_losing_the_second(tmp_path):
         # Both nodes work: proposers, instance actors and model replicas are spread.
         wait_for(lambda: len(lines(out / "accepted.jsonl")) >= 1, 600, job)
         alive = [a for a in _actors_by_node(dash, renv) if a["state"] == "ALIVE"]
-        nodes = {a["node"] for a in alive if a["cls"] in ("LocalModelWorker", "Instancer",
-                                                           "Proposer")}
+        nodes = {a["node"] for a in alive if a["cls"] in (
+            "LocalModelWorker", "Instancer", "Proposer", "Proposer+Classifier+Instancer")}
         assert len(nodes) == 2, alive
         (raylet,) = _raylet_pids("second_node")
         lost_node = {a["node"] for a in alive} - {
-            a["node"] for a in alive if a["cls"] in ("Writer", "Pool")}
+            a["node"] for a in alive if a["cls"] in ("Pool", "Pool+Gate")}
         # The second node goes away at once: its raylet and every process under it.
         for pid in _descendants(raylet):
             with contextlib.suppress(OSError):

@@ -167,6 +167,10 @@ def test_recovery_reads_back_what_the_ledger_holds_and_rebuilds_unwritten_tasks(
     assert d2.ledger.finished("i", [finished(b2)]) == 0  # already answered: not taken twice
     d2.commit()
     assert [r["id"] for r in d2.file("dataset")] == [a["id"], b["id"]]
+    # b's answer was committed before the crash: the resume writes its line, not its
+    # response (or any other of its records) a second time.
+    ids = [r["id"] for r in d2.file("responses")]
+    assert len(ids) == len(set(ids)), ids
 
 
 def test_a_stop_writes_finished_tasks_even_out_of_order(tmp_path):

@@ -124,9 +124,10 @@ class Ledger:
                            if t["id"] not in self.written and t["id"] not in self.failed_ids)
         self.held: dict[str, dict[str, Any]] = {}
         self.batch = Batch()
-        for task, rec in state.rebuild:  # answered and committed, the dataset line was not
-            self._record(stages.instance_outcome(task, completion_of(rec)).as_dict(),
-                         count=False)
+        for task, rec in state.rebuild:  # answered and committed, the dataset line was not:
+            # that line alone is new (its response and verdicts are in the files already)
+            outcome = stages.instance_outcome(task, completion_of(rec)).as_dict()
+            self._record({"dataset": outcome.get("dataset", [])})
         self._flush_in_order()
         self._decide()  # candidates a resumed run left undecided, as far as there is room
 
@@ -256,7 +257,7 @@ class Ledger:
             self.board.add("classify", task)
 
     # -- what is written -------------------------------------------------------------------
-    def _record(self, unit: dict[str, Any], count: bool = True) -> None:
+    def _record(self, unit: dict[str, Any]) -> None:
         """A unit's records into the batch being built, and its counts into the totals."""
         lines, counts, usage = self.batch.lines, {}, {}
         if unit.get("key"):
@@ -290,8 +291,7 @@ class Ledger:
         for rec in unit.get("dataset", []):
             if rec["id"] not in self.written:
                 self.held[rec["id"]] = rec
-        if count:
-            self._count(counts, usage)
+        self._count(counts, usage)
 
     def _count(self, counts: dict[str, Any], usage: dict[str, Any]) -> None:
         add_counts(self.batch.counts, counts)
