@@ -292,7 +292,7 @@ class FakeReplica:
         self.release = asyncio.Event()
         self.complete = self
 
-    def remote(self, req: Request, stage: str) -> Any:
+    def remote(self, req: Request, stage: str, asked: float = 0.0) -> Any:
         self.asked.append(stage)
 
         async def answer() -> Completion:
@@ -316,3 +316,17 @@ def test_a_stage_sends_its_requests_home_and_only_the_excess_elsewhere():
     assert asyncio.run(main("instances", 5)) == [0, 5]
     assert asyncio.run(main("instances", 8)) == [2, 6]
     assert asyncio.run(main("propose", 5)) == [2, 3]
+
+
+def test_within_a_stage_the_oldest_work_goes_first(worker):
+    """A parse retry keeps its first attempt's time, so it does not wait behind the
+    requests asked after it (the next dataset line waits on the earliest task)."""
+    w = worker()
+
+    async def main() -> None:
+        await asyncio.gather(*[w.complete(request(p), stage, asked) for p, stage, asked in (
+            ("later", "instances", 2.0), ("proposal", "propose", 0.5),
+            ("retry", "instances", 1.0), ("latest", "instances", 3.0))])
+
+    asyncio.run(main())
+    assert [prompt for prompt, _ in FakeLlama.asked] == ["retry", "later", "latest", "proposal"]

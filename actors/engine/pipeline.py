@@ -106,7 +106,9 @@ def _how(ref: Any) -> tuple[str, str]:
     except RayActorError as exc:
         return DIED, str(exc).splitlines()[0][:300]
     except Exception as exc:  # noqa: BLE001 - an actor's loop raised: stop and report why
-        return RAISED, str(exc)[:300]
+        # Ray's text is a header and the remote traceback; the last line says what went wrong.
+        said = [line for line in str(exc).splitlines() if line.strip()]
+        return RAISED, (said[-1] if said else repr(exc))[:300]
 
 
 def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, target: int | None = None,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,7 @@ class LocalBackend:
     def bind(self, holder: str, life: str) -> None:
         pass
 
-    async def complete(self, req: Request) -> Completion:
+    async def complete(self, req: Request, asked: float = 0.0) -> Completion:
         if not self._outstanding:
             self._outstanding = [0] * len(self.replicas)
         while True:
@@ -56,7 +57,7 @@ class LocalBackend:
             k = pick_replica(self._outstanding, live, home_replica(self.stage, len(self.replicas)))
             self._outstanding[k] += 1
             try:
-                return await self.replicas[k].complete.remote(req, self.stage)
+                return await self.replicas[k].complete.remote(req, self.stage, asked)
             except RayActorError:
                 self._lost.add(k)  # its process or node is gone: the others take its requests
             finally:
@@ -97,7 +98,7 @@ class ApiBackend:
     def _throttled(self, retry_after: float | None) -> None:
         self.gate.throttled.remote(self.key_name, retry_after)
 
-    async def complete(self, req: Request) -> Completion:
+    async def complete(self, req: Request, asked: float = 0.0) -> Completion:
         if self._provider is None:  # built in the actor's process: SDK clients do not travel
             self._provider = make_provider(self.conf, self.api_key, self._throttled,
                                            self.prefixes)
@@ -194,7 +195,7 @@ class BatchBackend:
     def bind(self, holder: str, life: str) -> None:
         pass
 
-    async def complete(self, req: Request) -> Completion:
+    async def complete(self, req: Request, asked: float = 0.0) -> Completion:
         while True:
             try:
                 return await self.batcher.complete.remote(self.stage,
@@ -233,7 +234,10 @@ class LLMClient:
         if self.backend is not None:
             self.backend.bind(holder, life)
 
-    async def complete(self, req: Request) -> Completion:
+    async def complete(self, req: Request, asked: float = 0.0) -> Completion:
+        """`asked`: when the work this request serves was first asked (a parse retry keeps
+        its first attempt's), so the embedded model serves the oldest work of a stage first:
+        the next dataset line waits on the earliest accepted task. 0: now."""
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.max_in_flight)
             if self.cache_path:
@@ -247,7 +251,7 @@ class LLMClient:
             return Completion("", "uncached", self.model,
                               error="not in the response cache, and cache.replay_only is set")
         async with self._sem:
-            c = await self.backend.complete(req)
+            c = await self.backend.complete(req, asked or time.time())
         if self._cache is not None:
             c = self._cache.put(key, c)
         return c
@@ -263,13 +267,14 @@ class LLMClient:
         asks exactly what the run asked.
         """
         retried: list[Attempt] = []
-        c = await self.complete(req)
+        asked = time.time()
+        c = await self.complete(req, asked)
         greedy = not req.temperature or not req.top_p
         sampling = {"temperature": self.retry_temperature, "top_p": 1.0} if greedy else {}
         while (why := problem(c)) and len(retried) < self.parse_retries:
             retried.append(Attempt(c, why))
             seed = ((req.seed or 0) + 7919 * len(retried)) & 0x7FFFFFFF
-            c = await self.complete(dataclasses.replace(req, seed=seed, **sampling))
+            c = await self.complete(dataclasses.replace(req, seed=seed, **sampling), asked)
         return c, retried
 
 

@@ -221,7 +221,7 @@ class LocalModelWorker:
         # restoring its saved state a few tenths (benchmarks/README.md).
         self.prefixes = PrefixStore([], conf.cache_mb << 20)
         self._whole: dict[str, Prompt] = {}  # fixed part -> the prompt that reads all of it
-        self._heap: list[tuple[int, int, Request, str, asyncio.Future]] = []
+        self._heap: list[tuple[int, float, int, Request, str, asyncio.Future]] = []
         self._seq = 0
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -231,9 +231,12 @@ class LocalModelWorker:
         # a step under way cannot be stopped, and the replica is ready before they come).
         self._asked = False
 
-    async def complete(self, req: Request, stage: str = "propose") -> Completion:
+    async def complete(self, req: Request, stage: str = "propose", asked: float = 0.0
+                       ) -> Completion:
+        """Within a stage the oldest work goes first (`asked`, LLMClient.complete's): a
+        parse retry does not wait behind requests asked after its first attempt."""
         self._asked = True
-        return await self._queue(PRIORITY.get(stage, 1), req)
+        return await self._queue(PRIORITY.get(stage, 1), req, asked=asked)
 
     async def warm(self, prefixes: list[Prefix]) -> None:
         """The prefixes of the stages this replica serves (warm_plan's for it): each is read
@@ -247,13 +250,14 @@ class LocalModelWorker:
             for step in p.steps if p.ahead else ():
                 self._queue(WARM, _reading(step), _step_key(step, p.fixed))
 
-    def _queue(self, prio: int, req: Request, step: str = "") -> asyncio.Future:
+    def _queue(self, prio: int, req: Request, step: str = "", asked: float = 0.0
+               ) -> asyncio.Future:
         if self._wake is None:
             self._wake = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._serve())
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._seq += 1
-        heapq.heappush(self._heap, (prio, self._seq, req, step, fut))
+        heapq.heappush(self._heap, (prio, asked, self._seq, req, step, fut))
         self._wake.set()
         return fut
 
@@ -283,7 +287,7 @@ class LocalModelWorker:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            prio, _, req, step, fut = heapq.heappop(self._heap)
+            prio, _, _, req, step, fut = heapq.heappop(self._heap)
             if fut.done() or (step and not self.prefixes.needed(step)):  # read already
                 continue
             self._running_prio, self._abort = prio, False
