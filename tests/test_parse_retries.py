@@ -21,12 +21,14 @@ class FakeModel:
     def __init__(self, sampled: dict[int, str]) -> None:
         self.sampled = sampled
         self.asked: list[Request] = []
+        self.times: list[float] = []  # when the work each request serves was first asked
 
     def bind(self, *holder: str) -> None:
         pass
 
-    async def complete(self, req: Request) -> Completion:
+    async def complete(self, req: Request, asked: float = 0.0) -> Completion:
         self.asked.append(req)
+        self.times.append(asked)
         greedy = not req.temperature or not req.top_p
         return Completion("??" if greedy else self.sampled.get(req.seed, "??"), "stop", "m")
 
@@ -56,6 +58,8 @@ def test_a_sampled_request_is_asked_again_with_new_seeds_only():
     c, retried = ask(LLMClient(model, parse_retries=2), req)
     assert c.text == "Yes" and retried == ["??"]  # usable: no further retry
     assert model.asked == [req, dataclasses.replace(req, seed=3 + 7919)]
+    # The retry keeps its first attempt's time: the embedded model serves it before later work.
+    assert model.times[0] > 0 and model.times == [model.times[0]] * 2
 
 
 def test_retries_stop_at_parse_retries_and_the_last_answer_is_used():
