@@ -111,7 +111,8 @@ def test_metrics_on_the_endpoint_equal_run_json(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_metrics_report_interval_ms", "1000")
     port = free_port()
     out = tmp_path / "run"
-    with fake_server(latency=0.1, fault_rate=0.2, faults="truncate=1", retry_after=0.1,
+    # Slow enough that the run lasts several report intervals (at 0.1 s it took ~3 s).
+    with fake_server(latency=0.5, fault_rate=0.2, faults="truncate=1", retry_after=0.1,
                      seed=3) as srv:
         srv.inject("429", 2)
         srv.inject("500", 1)
