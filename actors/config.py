@@ -347,7 +347,8 @@ class Actors(Strict):
         "worker process (a host), and the gate the pool's: each process costs about 0.5-0.9% "
         "of a core while a run waits; false: one process each")
     tasks_per_lease: int = Field(8, ge=1, description="tasks a classifier or instance actor "
-                                 "takes from the pool at a time (its requests go together)")
+                                 "takes from the pool at a time on an API model (its "
+                                 "requests go together); on the embedded model one")
 
 
 class Run(Strict):
